@@ -1,0 +1,101 @@
+"""The contract between the role loops (roles/) and an algorithm (what is computed and exchanged).
+
+The roles own *when* things happen: rounds, which logical clients train, batches, round ends and
+FedAvg. An algorithm owns *what* happens: how the model is split, what one client step computes and
+sends, how a server handles a message, and which client tensors are federated. Adding an algorithm
+means one new file with an `Algorithm` subclass and one line in `algorithms/__init__.py`.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from fedbiobert.optim import build_optimizer, set_learning_rate
+
+
+@dataclass
+class StepResult:
+    """What one unit of work reports for metrics (None where it does not apply)."""
+    local_loss: float | None = None
+    global_loss: float | None = None
+    tokens: int = 0
+    step: int | None = None
+    client_id: int | None = None
+
+
+class Stepper:
+    """An AdamW optimizer over a module, stepped at the learning rate of a global step index."""
+
+    def __init__(self, module: torch.nn.Module, schedule, weight_decay: float, max_grad_norm: float | None):
+        self.parameters = [param for param in module.parameters() if param.requires_grad]
+        self.optimizer = build_optimizer(module.named_parameters(), weight_decay)
+        self.schedule = schedule
+        self.max_grad_norm = max_grad_norm
+
+    def step(self, global_step: int) -> None:
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        set_learning_rate(self.optimizer, self.schedule(global_step))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class ClientTrainer(ABC):
+    """Trains one logical client for one communication round. Created fresh for each (client, round)."""
+
+    @abstractmethod
+    def step(self, batch, global_step: int) -> StepResult:
+        """One batch: forward, local update, and whatever is sent to the server."""
+
+    @abstractmethod
+    def finish(self) -> list[StepResult]:
+        """End of this client's round: settle everything still in flight with the server."""
+
+
+class ServerTrainer(ABC):
+    """Trains one server replica for one communication round on the messages of its clients."""
+
+    @abstractmethod
+    def handle(self, message) -> StepResult | None:
+        """One message from a client (ACTIVATION, GRAD, ...), in arrival order."""
+
+    @abstractmethod
+    def finish(self) -> None:
+        """End of round: every client process has said ROUND_DONE."""
+
+    @property
+    @abstractmethod
+    def samples_seen(self) -> int:
+        """Sequences trained on this round (the server replica's FedAvg weight)."""
+
+
+class Algorithm(ABC):
+    name: str = ""
+
+    def __init__(self, session):
+        self.session = session
+        self.config = session.config
+
+    @abstractmethod
+    def split(self, full_model) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """(client part, server part or None) of a freshly built full model."""
+
+    @abstractmethod
+    def federated_client_keys(self, client_model: torch.nn.Module) -> list[str]:
+        """The client tensors FedAvg averages; the others stay private to each client."""
+
+    @abstractmethod
+    def client_trainer(self, model, channel, server_rank: int, client_id: int, round_idx: int) -> ClientTrainer:
+        ...
+
+    @abstractmethod
+    def server_trainer(self, model, channel, round_idx: int) -> ServerTrainer:
+        ...
+
+
+def loss_value(loss: torch.Tensor) -> float:
+    value = float(loss.detach())
+    return value if math.isfinite(value) else math.nan

@@ -1,0 +1,200 @@
+"""FedBioBERT: split learning with a local auxiliary loss and an asynchronous server.
+
+Client step (never waits for a gradient from the server):
+    hidden = embeddings + first N layers (input_ids)
+    send ACTIVATION(hidden at the cut, padding mask, masked positions[, labels at them])
+    local loss = auxiliary MLM head(hidden at masked positions); backward; AdamW step
+The client's embeddings and encoder layers are trained by the local loss alone.
+
+Server (in arrival order, from any of its clients):
+    ACTIVATION -> remaining layers -> hidden at masked positions
+      head on the server: final MLM loss, backward, step (nothing is sent back)
+      head on the client (default, U-shaped): send OUTPUT; the client computes the final loss with
+      its own head (labels never leave the silo) and returns GRAD w.r.t. OUTPUT; the server then
+      recomputes its forward (same dropout), back-propagates the GRAD and steps.
+In client-head mode a client consumes the OUTPUT of batch b - max_inflight right before stepping
+on batch b: it runs ahead of its server by at most `--max_inflight` batches, and the schedule is
+deterministic (reproducible) whatever the timing.
+
+Wire (send/receive pairs):
+    client ACTIVATION  --> server recv(any)      [hidden (B,T,H), mask (B,T) u8, positions (M)(, labels (M))]
+    server OUTPUT      --> client recv(server)   [hidden at masked positions (M,H)]       client-head only
+    client GRAD        --> server recv(any)      [d final loss / d OUTPUT (M,H)]           client-head only
+"""
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, ServerTrainer, Stepper, StepResult,
+                                        loss_value)
+from fedbiobert.messages import Kind, Message
+from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
+
+
+@dataclass
+class _AwaitedOutput:
+    step: int
+    targets: torch.Tensor
+
+
+class FedBioBERTClient(ClientTrainer):
+    def __init__(self, algorithm: "FedBioBERT", model, channel, server_rank: int, client_id: int, round_idx: int):
+        config = algorithm.config
+        self.model = model
+        self.channel = channel
+        self.server_rank = server_rank
+        self.client_id = client_id
+        self.round_idx = round_idx
+        self.head_on_client = config.head_placement == "client"
+        self.max_inflight = config.max_inflight
+        self.wire_dtype = config.wire_dtype
+        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+        self.awaited: collections.deque[_AwaitedOutput] = collections.deque()
+        self.last_step = -1
+
+    def step(self, batch, global_step: int) -> StepResult:
+        positions = masked_positions(batch.labels)
+        targets = batch.labels.reshape(-1)[positions]
+        hidden = self.model(batch.input_ids, batch.attention_mask)
+        # Send first, so the server works on this batch while we compute the local loss.
+        self._send_activation(hidden, batch.attention_mask, positions, targets, global_step)
+        local_loss = mlm_loss(self.model.aux_logits(gather_masked(hidden, positions)), targets)
+        local_loss.backward()
+        global_losses = self._settle_outputs(keep=self.max_inflight) if self.head_on_client else []
+        if not self.head_on_client:
+            self.channel.flush(max_pending=self.max_inflight)  # bound memory held by unsent activations
+        self.stepper.step(global_step)
+        self.last_step = global_step
+        return StepResult(local_loss=loss_value(local_loss), global_loss=_mean_or_none(global_losses),
+                          tokens=int(batch.attention_mask.sum()), step=global_step, client_id=self.client_id)
+
+    def finish(self) -> list[StepResult]:
+        """Settle every OUTPUT still awaited, then one last step for the head's gradients."""
+        losses = self._settle_outputs(keep=0) if self.head_on_client else []
+        if losses:
+            self.stepper.step(self.last_step)
+        self.channel.flush()
+        return [StepResult(global_loss=loss, step=self.last_step, client_id=self.client_id) for loss in losses]
+
+    def _send_activation(self, hidden, attention_mask, positions, targets, global_step: int) -> None:
+        tensors = [hidden.detach().to(self.wire_dtype), attention_mask.to(torch.uint8), positions]
+        if not self.head_on_client:
+            tensors.append(targets)  # server-head mode: the labels of masked positions leave the silo
+        message = Message(Kind.ACTIVATION, client_id=self.client_id, round=self.round_idx, step=global_step,
+                          tensors=tensors)
+        self.channel.send(message, self.server_rank)  # paired with FedBioBERTServer.handle (ACTIVATION)
+        if self.head_on_client:
+            self.awaited.append(_AwaitedOutput(global_step, targets))
+
+    def _settle_outputs(self, keep: int) -> list[float]:
+        """Consume OUTPUTs (oldest first) until at most `keep` are awaited; return their final losses."""
+        losses = []
+        while len(self.awaited) > keep:
+            awaited = self.awaited.popleft()
+            message = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
+            _expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
+            server_hidden = message.tensors[0].float().requires_grad_()
+            final_loss = mlm_loss(self.model.final_logits(server_hidden), awaited.targets)
+            final_loss.backward()  # grads for the client's final head, and d loss / d server_hidden
+            losses.append(loss_value(final_loss))
+            reply = Message(Kind.GRAD, client_id=self.client_id, round=self.round_idx, step=awaited.step,
+                            scalars=(math.nan, losses[-1]), tensors=[server_hidden.grad.to(self.wire_dtype)])
+            self.channel.send(reply, self.server_rank)  # paired with FedBioBERTServer.handle (GRAD)
+        return losses
+
+
+class FedBioBERTServer(ServerTrainer):
+    def __init__(self, algorithm: "FedBioBERT", model, channel, round_idx: int):
+        config = algorithm.config
+        self.model = model
+        self.channel = channel
+        self.round_idx = round_idx
+        self.head_on_client = config.head_placement == "client"
+        self.wire_dtype = config.wire_dtype
+        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+        self.awaiting_grad: dict[tuple[int, int], tuple] = {}  # (client rank, step) -> forward inputs
+        self._samples = 0
+
+    @property
+    def samples_seen(self) -> int:
+        return self._samples
+
+    def handle(self, message: Message) -> StepResult | None:
+        if message.kind is Kind.ACTIVATION:
+            return self._on_activation(message)
+        if message.kind is Kind.GRAD:
+            return self._on_grad(message)
+        raise RuntimeError(f"server got an unexpected {message.kind.name} from rank {message.source}")
+
+    def finish(self) -> None:
+        if self.awaiting_grad:
+            raise RuntimeError(f"round ended with {len(self.awaiting_grad)} OUTPUT(s) never answered by a GRAD: "
+                               f"{sorted(self.awaiting_grad)[:4]}")
+
+    def _on_activation(self, message: Message) -> StepResult | None:
+        hidden, mask, positions = message.tensors[:3]
+        self._samples += hidden.shape[0]
+        if self.head_on_client:
+            return self._forward_for_client_head(message, hidden, mask, positions)
+        output = gather_masked(self.model(hidden.float(), mask.long()), positions)
+        final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
+        final_loss.backward()
+        self.stepper.step(message.step)
+        return StepResult(global_loss=loss_value(final_loss), tokens=int(mask.sum()), step=message.step,
+                          client_id=message.client_id)
+
+    def _forward_for_client_head(self, message: Message, hidden, mask, positions) -> None:
+        """Forward without a graph and send OUTPUT; the graph is rebuilt when the GRAD arrives.
+
+        Keeping the graph would not work: by the time the GRAD of this batch arrives the server has
+        stepped on other batches, changing in place the weights the graph saved. So we keep only the
+        inputs and the RNG state (same dropout masks on recompute) and pay one extra forward.
+        """
+        rng_state = torch.get_rng_state()
+        with torch.no_grad():
+            output = gather_masked(self.model(hidden.float(), mask.long()), positions)
+        self.awaiting_grad[(message.source, message.step)] = (hidden, mask, positions, rng_state)
+        reply = Message(Kind.OUTPUT, client_id=message.client_id, round=self.round_idx, step=message.step,
+                        tensors=[output.to(self.wire_dtype)])
+        self.channel.send(reply, message.source)  # paired with FedBioBERTClient._settle_outputs
+        return None
+
+    def _on_grad(self, message: Message) -> StepResult:
+        hidden, mask, positions, rng_state = self.awaiting_grad.pop((message.source, message.step))
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(rng_state)
+            output = gather_masked(self.model(hidden.float(), mask.long()), positions)
+        output.backward(message.tensors[0].float())
+        self.stepper.step(message.step)
+        return StepResult(global_loss=message.scalars[1], tokens=int(mask.sum()), step=message.step,
+                          client_id=message.client_id)
+
+
+class FedBioBERT(Algorithm):
+    name = "fedbiobert"
+
+    def split(self, full_model):
+        return split_model(full_model, self.config.num_client_encoder, self.config.head_placement)
+
+    def federated_client_keys(self, client_model) -> list[str]:
+        return client_state_keys(client_model, self.config.fedavg_embedding_head)
+
+    def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FedBioBERTClient:
+        return FedBioBERTClient(self, model, channel, server_rank, client_id, round_idx)
+
+    def server_trainer(self, model, channel, round_idx) -> FedBioBERTServer:
+        return FedBioBERTServer(self, model, channel, round_idx)
+
+
+def _expect(message: Message, kind: Kind, step: int, peer: int) -> None:
+    if message.kind is not kind or message.step != step:
+        raise RuntimeError(f"protocol error: expected {kind.name} of step {step} from rank {peer}, "
+                           f"got {message.kind.name} of step {message.step}")
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

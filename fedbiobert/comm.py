@@ -1,0 +1,222 @@
+"""The only module that touches torch.distributed.
+
+- `init_distributed`: rank/world from torchrun, SLURM or MPI environment variables; process groups.
+- `Channel`: typed point-to-point messages (header + tensors, see messages.py) between a server and
+  its client processes, with byte accounting per kind and direction and a timeout on every wait.
+- `Collectives`: the few collectives the round end needs (sum all-reduce, gather/broadcast objects).
+
+NCCL cannot receive "from any source", so headers always travel over a gloo group (which can), and
+the payload travels over the data backend (NCCL on GPUs, gloo on CPUs) from the named source.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from fedbiobert.messages import HEADER_BYTES, HEADER_LEN, Message, decode_header, encode_header
+from fedbiobert.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+
+class PeerError(RuntimeError):
+    """A peer timed out or failed; the message names the peer's role and rank."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Environment and process groups
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LaunchInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+def launch_info_from_env(env: dict[str, str] | None = None) -> LaunchInfo:
+    """Rank and world from torchrun, then SLURM, then Open MPI variables; a lone process otherwise."""
+    env = os.environ if env is None else env
+    for rank_key, world_key, local_key, local_world_key in (
+            ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+            ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
+            ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+             "OMPI_COMM_WORLD_LOCAL_SIZE")):
+        if rank_key in env and world_key in env:
+            world_size = int(env[world_key])
+            local_world = env.get(local_world_key, str(world_size)).split("(")[0]
+            return LaunchInfo(int(env[rank_key]), world_size, int(env.get(local_key, 0)), int(local_world))
+    return LaunchInfo(0, 1, 0, 1)
+
+
+@dataclass
+class ProcessGroups:
+    """Every group a run uses; created in the same order on every rank (a torch requirement)."""
+    data_backend: str
+    cpu: object                      # gloo over all ranks: headers, objects, control
+    link: dict[int, object]          # server rank -> gloo group {server} + its client processes
+    clients: object                  # all client processes: FedAvg of client parts
+    servers: object                  # all server processes: FedAvg of server replicas
+
+
+def init_distributed(launch: LaunchInfo, topology: Topology, on_cuda: bool, timeout_s: float) -> ProcessGroups:
+    timeout = datetime.timedelta(seconds=timeout_s)
+    backend = "nccl" if on_cuda else "gloo"
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+    cpu = dist.group.WORLD if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
+    link = {server: dist.new_group([server] + topology.client_ranks_of(server), backend="gloo",
+                                   timeout=timeout)
+            for server in topology.server_ranks}
+    clients = dist.new_group(topology.client_ranks, backend=backend, timeout=timeout)
+    servers = dist.new_group(topology.server_ranks, backend=backend, timeout=timeout)
+    return ProcessGroups(backend, cpu, link, clients, servers)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------
+# Point-to-point messages
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ByteCounter:
+    """Bytes moved per (direction, kind); header bytes are counted separately from payload bytes."""
+    payload: dict[tuple[str, str], int] = field(default_factory=lambda: collections.defaultdict(int))
+    header: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+    messages: dict[tuple[str, str], int] = field(default_factory=lambda: collections.defaultdict(int))
+
+    def add(self, direction: str, message: Message) -> None:
+        self.payload[(direction, message.kind.name)] += message.payload_bytes
+        self.header[direction] += HEADER_BYTES
+        self.messages[(direction, message.kind.name)] += 1
+
+    def total(self, direction: str) -> int:
+        payload = sum(value for (way, _), value in self.payload.items() if way == direction)
+        return payload + self.header[direction]
+
+    def as_dict(self) -> dict[str, int]:
+        flat = {f"{way}_{kind.lower()}": value for (way, kind), value in sorted(self.payload.items())}
+        flat.update(bytes_sent=self.total("sent"), bytes_received=self.total("received"))
+        return flat
+
+
+class Channel:
+    """Messages between this process and the peers of one link group (a server and its clients).
+
+    Pairing: every `send(message, dst)` on one side is consumed by exactly one `recv(src)` (or
+    `recv(None)` on a server) on the other, in the order sent: per pair of ranks, messages are FIFO.
+    """
+
+    def __init__(self, rank: int, header_group, data_group, device: torch.device, timeout_s: float,
+                 describe: Callable[[int], str]):
+        self.rank = rank
+        self.header_group = header_group
+        self.data_group = data_group
+        self.device = device
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.describe = describe
+        self.bytes = ByteCounter()
+        self._pending: collections.deque = collections.deque()  # (works, tensors kept alive, dst)
+
+    def send(self, message: Message, dst: int) -> None:
+        """Non-blocking: posts the header and the tensors; `flush` waits for them."""
+        tensors = [tensor.detach().contiguous() for tensor in message.tensors]
+        message.tensors = tensors
+        header = encode_header(message)
+        works = [dist.isend(header, dst, group=self.header_group)]
+        works += [dist.isend(tensor, dst, group=self.data_group) for tensor in tensors]
+        self._pending.append((works, [header] + tensors, dst))
+        self.bytes.add("sent", message)
+
+    def flush(self, max_pending: int = 0) -> None:
+        """Wait for the oldest sends until at most `max_pending` remain in flight."""
+        while len(self._pending) > max_pending:
+            works, _, dst = self._pending.popleft()
+            for work in works:
+                self._wait(work, f"delivery of a message to {self.describe(dst)}")
+
+    def recv(self, src: int | None = None) -> Message:
+        """Blocking receive of the next message from `src`, or from any peer of the group if None."""
+        header = torch.empty(HEADER_LEN, dtype=torch.int64)
+        work = dist.irecv(header, src=src, group=self.header_group)
+        expected = self.describe(src) if src is not None else "any client of this server"
+        self._wait(work, f"a message from {expected}")
+        source = src if src is not None else dist.get_global_rank(self.header_group, work._source_rank())
+        message, specs = decode_header(header)
+        message.source = source
+        message.tensors = [self._recv_tensor(dtype, shape, source) for dtype, shape in specs]
+        self.bytes.add("received", message)
+        return message
+
+    def _recv_tensor(self, dtype: torch.dtype, shape: tuple[int, ...], source: int) -> torch.Tensor:
+        buffer = torch.empty(shape, dtype=dtype, device=self.device)
+        work = dist.irecv(buffer, src=source, group=self.data_group)
+        self._wait(work, f"a message payload from {self.describe(source)}")
+        return buffer
+
+    def _wait(self, work, what: str) -> None:
+        try:
+            work.wait(self.timeout)
+        except RuntimeError as error:
+            reason = "timed out" if "imed out" in str(error) else "failed"
+            raise PeerError(f"rank {self.rank} {reason} after waiting up to {self.timeout.total_seconds():.0f}s "
+                            f"for {what}: {str(error).splitlines()[0][:200]}") from None
+
+
+def link_channel(session, server_rank: int) -> Channel:
+    """The channel between `server_rank` and its client processes: headers over their gloo link
+    group, payload over that group too on CPUs, or over the NCCL world group on GPUs."""
+    groups = session.groups
+    data_group = groups.link[server_rank] if groups.data_backend == "gloo" else None
+    return Channel(session.rank, groups.link[server_rank], data_group, session.device,
+                   session.config.comm_timeout, session.topology.describe)
+
+
+# ------------------------------------------------------------------------------------------------
+# Collectives
+# ------------------------------------------------------------------------------------------------
+class Collectives:
+    """The round-end collectives. Every call is made by every member of its group, in the same order."""
+
+    def __init__(self, groups: ProcessGroups, device: torch.device):
+        self.groups = groups
+        self.device = device
+
+    def sum_clients(self, flat: torch.Tensor) -> torch.Tensor:
+        return self._sum(flat, self.groups.clients)
+
+    def sum_servers(self, flat: torch.Tensor) -> torch.Tensor:
+        return self._sum(flat, self.groups.servers)
+
+    def _sum(self, flat: torch.Tensor, group) -> torch.Tensor:
+        flat = flat.to(self.device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        return flat
+
+    def gather_to_rank0(self, obj) -> list | None:
+        """Every rank contributes one picklable object; rank 0 gets the list (others get None)."""
+        output = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(obj, output, dst=0, group=self.groups.cpu)
+        return output
+
+    def broadcast_from_rank0(self, obj):
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.groups.cpu)
+        return box[0]
+
+    def long_barrier(self, timeout_s: float = 3 * 3600) -> None:
+        """A barrier that waits long enough for one rank to tokenize a corpus (monitored: on a
+        timeout it names the ranks that never arrived)."""
+        dist.monitored_barrier(group=self.groups.cpu, timeout=datetime.timedelta(seconds=timeout_s),
+                               wait_all_ranks=True)

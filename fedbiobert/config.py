@@ -1,0 +1,402 @@
+"""Every option of a run: its flag, default, meaning and validation.
+
+`parse_config(argv)` turns a command line (plus an optional YAML/TOML `--config` file whose values
+the command line overrides) into a frozen `Config`. `validate_static(config)` checks everything that
+can be checked without processes; `validate_world(config, world_size, ...)` checks what depends on
+the launch. Both raise `ConfigError` (a ValueError) with one line naming the bad value and what is
+accepted, so a run fails before any process trains.
+
+Booleans are written `True`/`False` as in the original FedBioBERT code.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = ("fedbiobert",)
+ARCHS = ("bert", "roberta")
+HEAD_PLACEMENTS = ("client", "server")
+PARTITION_SCHEMES = ("random", "by_file", "dirichlet", "label")
+COMM_DTYPES = ("fp32", "bf16", "fp16")
+AGGREGATE_WEIGHTINGS = ("samples", "uniform")
+# Flags of the original (image-oriented) code that mean nothing for text: accepted, then ignored.
+IGNORED_FLAGS = ("pn_normalize", "complex_arch", "world_conf")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line."""
+
+
+def _opt(default: Any, help: str, aliases: tuple[str, ...] = (), choices: tuple = (), group: str = "run"):
+    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices,
+                                            "group": group})
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- what is trained -------------------------------------------------------------------
+    algorithm: str = _opt("fedbiobert", "training algorithm", choices=ALGORITHMS, group="model")
+    arch: str = _opt("bert", "model family", choices=ARCHS, group="model")
+    num_client_encoder: int = _opt(6, "encoder layers on the client (the cut)", group="model")
+    num_server_encoder: int = _opt(6, "encoder layers on the server", group="model")
+    hidden_size: int = _opt(768, "hidden size of a freshly initialised model", group="model")
+    num_attention_heads: int = _opt(12, "attention heads of a fresh model", group="model")
+    intermediate_size: int = _opt(3072, "feed-forward size of a fresh model", group="model")
+    vocab_size: int = _opt(30522, "vocabulary size when a tokenizer is trained on the corpus", group="model")
+    init_from: str | None = _opt(None, "start from this HF model folder instead of random weights",
+                                 group="model")
+    tokenizer: str | None = _opt(None, "a vocab.txt or HF tokenizer folder; default: train one on the corpus",
+                                 group="model")
+    head_placement: str = _opt("client", "where the final MLM head runs: client (labels never leave the silo)"
+                               " or server (labels of masked positions are sent; no reply needed)",
+                               choices=HEAD_PLACEMENTS, group="model")
+    # --- federation -------------------------------------------------------------------------
+    n_clients: int = _opt(4, "logical clients (silos)", group="federation")
+    participation_ratio: float = _opt(1.0, "fraction of clients sampled each round, in (0, 1]",
+                                      group="federation")
+    n_comm_rounds: int = _opt(10, "communication rounds", group="federation")
+    n_local_rounds: int = _opt(1, "local rounds per communication round", group="federation")
+    num_batch: int = _opt(100, "batches per client per local round", group="federation")
+    fedavg_embedding_head: bool = _opt(True, "average embeddings and MLM heads too (False: they stay"
+                                       " private to each client)", group="federation")
+    fedavg_server_model: bool = _opt(True, "average the server replicas each round", group="federation")
+    fl_aggregate: str = _opt("scheme=federated_average", "aggregation: scheme=federated_average"
+                             "[,weighting=samples|uniform]", group="federation")
+    num_device: int = _opt(1, "server processes (the first ranks)", aliases=("num_servers",),
+                           group="federation")
+    comm_dtype: str = _opt("fp32", "dtype of activations and gradients on the wire", choices=COMM_DTYPES,
+                           group="federation")
+    max_inflight: int = _opt(4, "batches a client may run ahead of its server (client-head mode)",
+                             group="federation")
+    # --- optimisation -------------------------------------------------------------------
+    batch_size: int = _opt(16, "sequences per batch", group="optim")
+    max_len: int = _opt(128, "tokens per sequence (packed blocks)", group="optim")
+    lr: float = _opt(5e-4, "peak learning rate (AdamW)", group="optim")
+    end_lr: float = _opt(1e-6, "learning rate at the end of the polynomial decay", group="optim")
+    warmup_ratio: float = _opt(0.06, "fraction of steps of linear warm-up", group="optim")
+    weight_decay: float = _opt(0.01, "AdamW weight decay", group="optim")
+    max_grad_norm: float = _opt(1.0, "clip gradient norm per optimizer step (0: no clipping)", group="optim")
+    mlm_probability: float = _opt(0.15, "fraction of tokens masked", group="optim")
+    manual_seed: int = _opt(42, "seed of everything", group="optim")
+    same_seed_process: bool = _opt(True, "every process seeds its RNG with manual_seed (False: seed + rank)",
+                                   group="optim")
+    # --- data -----------------------------------------------------------------------------
+    data_dir: str = _opt("../shared/data/pretrain", "a .txt/.jsonl file or a folder of them", group="data")
+    partition_data: str = _opt("by_file", "how the corpus is split into silos", choices=PARTITION_SCHEMES,
+                               group="data")
+    dirichlet_alpha: float = _opt(0.5, "concentration of the dirichlet partition", group="data")
+    label_suffix: str = _opt(".specialty", "sidecar label file suffix used by --partition_data label",
+                             group="data")
+    val_ratio: float = _opt(0.01, "fraction of each file's blocks held out for validation", group="data")
+    val_batches: int = _opt(8, "validation batches evaluated at each round end", group="data")
+    cache_dir: str | None = _opt(None, "tokenizer and token cache (default ~/.cache/fedbiobert)", group="data")
+    num_workers: int = _opt(0, "data-loader worker processes per client process", group="data")
+    pin_memory: bool = _opt(False, "pin batches in memory (CUDA)", group="data")
+    # --- output and resume -------------------------------------------------------------------
+    output_dir: str = _opt("runs/fedbiobert", "where metrics, exports and checkpoints go",
+                           aliases=("checkpoint_save_dir",), group="output")
+    from_checkpoint: bool = _opt(False, "resume from output_dir/checkpoint", group="output")
+    from_checkpoint_round: int | None = _opt(None, "resume from output_dir/round{K} instead", group="output")
+    stop_after_round: int | None = _opt(None, "exit cleanly after this round (e.g. to fit a job time limit); "
+                                        "continue later with --from_checkpoint True", group="output")
+    log_every: int = _opt(5, "log a line every this many steps when not on a terminal", group="output")
+    # --- devices and transport ----------------------------------------------------------------
+    on_cuda: bool = _opt(False, "use CUDA GPUs and NCCL", group="device")
+    gpu_ids: str | None = _opt(None, "comma-separated GPU id per local process, e.g. 0,1,2", group="device")
+    comm_timeout: float = _opt(600.0, "seconds any wait for a peer may take", group="device")
+    num_threads: int | None = _opt(None, "torch CPU threads per process (default: cores / local processes)",
+                                   group="device")
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.num_client_encoder + self.num_server_encoder
+
+    @property
+    def aggregate_weighting(self) -> str:
+        return parse_fl_aggregate(self.fl_aggregate)["weighting"]
+
+    @property
+    def wire_dtype(self):
+        import torch
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.comm_dtype]
+
+    @property
+    def gpu_id_list(self) -> list[int] | None:
+        return parse_gpu_ids(self.gpu_ids)
+
+    @property
+    def steps_per_round(self) -> int:
+        """Optimizer steps one logical client takes in one communication round."""
+        return self.n_local_rounds * self.num_batch
+
+    @property
+    def total_steps(self) -> int:
+        return self.n_comm_rounds * self.steps_per_round
+
+    @property
+    def last_round(self) -> int:
+        """Rounds this invocation trains up to (1-based, inclusive)."""
+        return self.stop_after_round or self.n_comm_rounds
+
+    @property
+    def clients_per_round(self) -> int:
+        return max(1, round(self.n_clients * self.participation_ratio))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+BOOL_FIELDS = {f.name for f in dataclasses.fields(Config) if f.type in ("bool", bool)}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (accepted: True or False)")
+
+
+def parse_fl_aggregate(text: str) -> dict[str, str]:
+    """`scheme=federated_average,weighting=samples` -> dict; FedAvg is the only scheme."""
+    options = {"scheme": "federated_average", "weighting": "samples"}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in options:
+            raise ConfigError(f"--fl_aggregate '{text}' is not understood (accepted: "
+                              "scheme=federated_average[,weighting=samples|uniform])")
+        options[key] = value
+    if options["scheme"] not in ("federated_average", "fedavg"):
+        raise ConfigError(f"--fl_aggregate scheme '{options['scheme']}' is not supported "
+                          "(accepted: federated_average)")
+    if options["weighting"] not in AGGREGATE_WEIGHTINGS:
+        raise ConfigError(f"--fl_aggregate weighting '{options['weighting']}' is not supported "
+                          f"(accepted: {', '.join(AGGREGATE_WEIGHTINGS)})")
+    return options
+
+
+def parse_gpu_ids(text: str | None) -> list[int] | None:
+    if text is None or str(text).strip() == "":
+        return None
+    cleaned = str(text).strip().strip("[]")
+    try:
+        return [int(part) for part in cleaned.replace(" ", ",").split(",") if part]
+    except ValueError:
+        raise ConfigError(f"--gpu_ids '{text}' is not a list of integers (accepted: e.g. 0,1,2)") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Command line and config file
+# --------------------------------------------------------------------------------------------
+def _argument_type(config_field: dataclasses.Field):
+    annotation = str(config_field.type)
+    if config_field.name in BOOL_FIELDS:
+        return parse_bool
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py", description="FedBioBERT: SplitFed pre-training of biomedical BERT/RoBERTa.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML or TOML file of options; the command line overrides it")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for config_field in dataclasses.fields(Config):
+        meta = config_field.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flags = [f"--{config_field.name}"] + [f"--{alias}" for alias in meta["aliases"]]
+        group.add_argument(*flags, dest=config_field.name, type=_argument_type(config_field),
+                           default=config_field.default, help=meta["help"],
+                           choices=meta["choices"] or None)
+    ignored = parser.add_argument_group("accepted for compatibility, ignored for text")
+    for name in IGNORED_FLAGS:
+        ignored.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file of option values, keyed by option name."""
+    file_path = Path(path)
+    if not file_path.is_file():
+        raise ConfigError(f"--config '{path}' does not exist (accepted: a .yaml, .yml or .toml file)")
+    text = file_path.read_text(encoding="utf-8")
+    if file_path.suffix in (".yaml", ".yml"):
+        import yaml
+        values = yaml.safe_load(text) or {}
+    elif file_path.suffix == ".toml":
+        import tomllib
+        values = tomllib.loads(text)
+    else:
+        raise ConfigError(f"--config '{path}' has suffix '{file_path.suffix}' (accepted: .yaml, .yml, .toml)")
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config '{path}' must hold a mapping of option names to values")
+    return _normalise_file_values(values, path)
+
+
+def _normalise_file_values(values: dict[str, Any], path: str) -> dict[str, Any]:
+    by_alias = {alias: f.name for f in dataclasses.fields(Config) for alias in f.metadata["aliases"]}
+    known = {f.name: f for f in dataclasses.fields(Config)}
+    normalised = {}
+    for key, value in values.items():
+        name = by_alias.get(key.lstrip("-"), key.lstrip("-"))
+        if name not in known:
+            raise ConfigError(f"--config '{path}' has unknown option '{key}' (see run.py --help)")
+        if value is not None and not isinstance(value, bool):
+            value = _argument_type(known[name])(value)
+        normalised[name] = value
+    return normalised
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Command line (+ config file) -> Config. Exits with argparse's message on unknown flags."""
+    parser = build_parser()
+    first_pass = parser.parse_args(argv)
+    if first_pass.config:
+        parser.set_defaults(**load_config_file(first_pass.config))
+    namespace = vars(parser.parse_args(argv))
+    for name in IGNORED_FLAGS:
+        if namespace.pop(name) is not None:
+            logger.warning("--%s means nothing for text models; ignored", name)
+    namespace.pop("config")
+    return Config(**namespace)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_static(config: Config) -> None:
+    """Checks that need no processes and no files. Raises ConfigError."""
+    _validate_counts(config)
+    _validate_optimisation(config)
+    _validate_model_shape(config)
+    parse_fl_aggregate(config.fl_aggregate)
+    parse_gpu_ids(config.gpu_ids)
+
+
+def _validate_counts(config: Config) -> None:
+    for name in ("n_clients", "n_comm_rounds", "n_local_rounds", "num_batch", "batch_size",
+                 "max_inflight", "num_device"):
+        value = getattr(config, name)
+        _require(value >= 1, f"--{name} {value} must be at least 1")
+    _require(0 < config.participation_ratio <= 1,
+             f"--participation_ratio {config.participation_ratio} is outside (0, 1]")
+    _require(config.num_workers >= 0, f"--num_workers {config.num_workers} must be 0 or more")
+    _require(config.val_batches >= 0, f"--val_batches {config.val_batches} must be 0 or more")
+    _require(0 <= config.val_ratio < 0.5, f"--val_ratio {config.val_ratio} is outside [0, 0.5)")
+    _require(config.comm_timeout > 0, f"--comm_timeout {config.comm_timeout} must be positive")
+    _require(config.dirichlet_alpha > 0, f"--dirichlet_alpha {config.dirichlet_alpha} must be positive")
+    if config.stop_after_round is not None:
+        _require(1 <= config.stop_after_round <= config.n_comm_rounds,
+                 f"--stop_after_round {config.stop_after_round} is outside [1, --n_comm_rounds {config.n_comm_rounds}]")
+    if config.from_checkpoint_round is not None:
+        _require(config.from_checkpoint_round >= 1,
+                 f"--from_checkpoint_round {config.from_checkpoint_round} must be a round number >= 1")
+
+
+def _validate_optimisation(config: Config) -> None:
+    _require(config.lr > 0 and math.isfinite(config.lr), f"--lr {config.lr} must be a positive number")
+    _require(0 <= config.end_lr <= config.lr, f"--end_lr {config.end_lr} is outside [0, lr={config.lr}]")
+    _require(0 <= config.warmup_ratio < 1, f"--warmup_ratio {config.warmup_ratio} is outside [0, 1)")
+    _require(0 < config.mlm_probability < 1, f"--mlm_probability {config.mlm_probability} is outside (0, 1)")
+    _require(config.max_grad_norm >= 0, f"--max_grad_norm {config.max_grad_norm} must be 0 or more")
+    _require(config.weight_decay >= 0, f"--weight_decay {config.weight_decay} must be 0 or more")
+
+
+def _validate_model_shape(config: Config) -> None:
+    _require(config.num_client_encoder >= 1,
+             f"--num_client_encoder {config.num_client_encoder} must be at least 1 for fedbiobert "
+             "(the auxiliary loss trains client encoder layers)")
+    _require(config.num_server_encoder >= 1,
+             f"--num_server_encoder {config.num_server_encoder} must be at least 1 for fedbiobert")
+    _require(config.max_len >= 8, f"--max_len {config.max_len} must be at least 8")
+    if config.init_from is None:
+        for name in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
+            _require(getattr(config, name) >= 1, f"--{name} {getattr(config, name)} must be at least 1")
+        _require(config.hidden_size % config.num_attention_heads == 0,
+                 f"--hidden_size {config.hidden_size} is not divisible by "
+                 f"--num_attention_heads {config.num_attention_heads}")
+
+
+def validate_world(config: Config, world_size: int, local_world_size: int, cuda_available: bool) -> None:
+    """Checks that depend on how many processes were launched and what devices exist."""
+    num_client_processes = world_size - config.num_device
+    _require(num_client_processes >= 1,
+             f"--num_device {config.num_device} server processes leave no client process in a world of "
+             f"{world_size} (launch at least {config.num_device + 1} processes)")
+    _require(num_client_processes >= config.num_device,
+             f"--num_device {config.num_device} server processes but only {num_client_processes} client "
+             f"process(es): every server needs at least one client process (world size {world_size})")
+    _require(num_client_processes <= config.n_clients,
+             f"{num_client_processes} client processes but --n_clients {config.n_clients}: a process "
+             "would have no silo (launch fewer processes or raise --n_clients)")
+    if config.on_cuda:
+        _require(cuda_available, "--on_cuda True but CUDA is not available on this machine "
+                 "(use --on_cuda False for CPU and gloo)")
+    gpu_ids = config.gpu_id_list
+    if gpu_ids is not None:
+        _require(len(gpu_ids) == local_world_size,
+                 f"--gpu_ids '{config.gpu_ids}' has {len(gpu_ids)} id(s) but {local_world_size} processes "
+                 "run on this node (give one id per local process)")
+
+
+def validate_paths(config: Config) -> None:
+    """Checks of the files the run reads and writes (data, checkpoints, output dir)."""
+    from fedbiobert.data.corpus import list_corpus_files
+    try:
+        list_corpus_files(config.data_dir)
+    except ValueError as error:
+        raise ConfigError(f"--data_dir: {error}") from None
+    output = Path(config.output_dir)
+    _require(not output.exists() or output.is_dir(),
+             f"--output_dir '{config.output_dir}' exists and is not a directory")
+    if config.tokenizer is not None:
+        _require(Path(config.tokenizer).exists(),
+                 f"--tokenizer '{config.tokenizer}' does not exist (accepted: a vocab.txt or HF tokenizer folder)")
+    if config.init_from is not None:
+        _validate_init_from(config)
+    from fedbiobert.checkpoint import has_checkpoint, resume_state_path
+    if config.from_checkpoint or config.from_checkpoint_round is not None:
+        path = resume_state_path(config.output_dir, config.from_checkpoint_round)
+        _require(path.is_file(), f"cannot resume: '{path}' does not exist (train first, or drop "
+                 "--from_checkpoint / --from_checkpoint_round)")
+    else:
+        _require(not has_checkpoint(config.output_dir),
+                 f"--output_dir '{config.output_dir}' already holds a trained run; resume it with "
+                 "--from_checkpoint True or choose another --output_dir")
+
+
+def _validate_init_from(config: Config) -> None:
+    config_file = Path(config.init_from) / "config.json"
+    _require(config_file.is_file(),
+             f"--init_from '{config.init_from}' has no config.json (accepted: an HF model folder)")
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--init_from '{config_file}' is not readable JSON ({error})") from None
+    layers = hf_config.get("num_hidden_layers")
+    _require(layers == config.num_layers,
+             f"--num_client_encoder {config.num_client_encoder} + --num_server_encoder "
+             f"{config.num_server_encoder} = {config.num_layers} layers, but --init_from "
+             f"'{config.init_from}' has {layers}")
+    model_type = hf_config.get("model_type")
+    _require(model_type == config.arch,
+             f"--arch {config.arch} but --init_from '{config.init_from}' is a '{model_type}' model")

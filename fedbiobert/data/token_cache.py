@@ -1,0 +1,251 @@
+"""Tokenized, block-packed corpus and its on-disk cache.
+
+Every document is tokenized once and packed into fixed-length blocks of ``max_len`` ids::
+
+    [CLS] doc1 [SEP] doc2 ... [SEP]      (RoBERTa: <s> doc1 </s> doc2 ... </s>)
+
+Each block starts with cls/bos and ends with sep/eos, holding ``max_len - 2`` content ids;
+documents inside a block are separated by sep/eos and a long document continues in the
+next block. Each (file, unit) group is packed on its own so a block never mixes files or
+sidecar labels, which keeps the ``by_file`` and ``label`` partitions exact. The last,
+partial block of a group is padded with the pad id; it is dropped only when it holds
+fewer than ``MIN_TAIL_CONTENT_TOKENS`` content ids and the group has other blocks (a
+nearly-empty block wastes a forward pass and yields almost no MLM targets).
+
+One cache file per corpus file lives at ``<cache_dir>/tokens/<key>.pt``; the key hashes
+the file and sidecar content, the tokenizer fingerprint, ``max_len``, the label suffix and
+a format version, so any change invalidates it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from fedbiobert.data.corpus import Document, file_sha256, read_documents, sidecar_path
+from fedbiobert.data.tokenizer import block_end_id, block_start_id, tokenizer_fingerprint
+
+logger = logging.getLogger(__name__)
+
+# Bump when the packing or file layout changes so stale caches are rebuilt.
+TOKEN_CACHE_FORMAT_VERSION = 1
+MIN_MAX_LEN = 8
+MIN_TAIL_CONTENT_TOKENS = 16
+_TOKENIZE_BATCH_DOCS = 1000
+
+
+@dataclass
+class TokenizedCorpus:
+    """Packed blocks of a whole corpus, with the file and partition unit of each block."""
+
+    blocks: torch.Tensor  # int64 [N, max_len], padded with pad_token_id
+    source: torch.Tensor  # int64 [N], index into `files`
+    unit: list[str]  # per block: its sidecar label, else its file name
+    files: list[str]  # file names, in corpus order
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return int(self.blocks.shape[0])
+
+    def num_tokens(self, indices: torch.Tensor | None = None) -> int:
+        """Number of non-pad ids in all blocks, or in the blocks at ``indices``."""
+        blocks = self.blocks if indices is None else self.blocks[indices]
+        return int((blocks != self.pad_token_id).sum())
+
+
+@dataclass
+class _PackedFile:
+    blocks: torch.Tensor  # int64 [n, max_len]
+    units: list[str]  # per block
+
+
+def load_or_build_token_cache(
+    files: list[Path],
+    tokenizer,
+    max_len: int,
+    cache_dir: Path,
+    label_suffix: str | None = ".specialty",
+) -> TokenizedCorpus:
+    """Tokenize and pack every corpus file, reusing per-file caches where valid."""
+    files = [Path(file) for file in files]
+    _check_arguments(files, tokenizer, max_len)
+    tokens_dir = Path(cache_dir) / "tokens"
+    tokenizer_id = tokenizer_fingerprint(tokenizer)
+    started = time.perf_counter()
+    packed_files = []
+    for position, file in enumerate(files, start=1):
+        cache_file = tokens_dir / f"{_cache_key(file, tokenizer_id, max_len, label_suffix)}.pt"
+        packed = _load_cached(cache_file, max_len)
+        if packed is None:
+            packed = _pack_file(file, tokenizer, max_len, label_suffix)
+            _save_atomically(packed, cache_file)
+        _log_file_done(file, packed, position, len(files), started, tokenizer.pad_token_id)
+        packed_files.append(packed)
+    corpus = _concatenate(packed_files, files, tokenizer.pad_token_id)
+    logger.info(
+        "token cache ready: %d files, %d blocks of %d, %d tokens in %.1fs",
+        len(files), len(corpus), max_len, corpus.num_tokens(), time.perf_counter() - started,
+    )
+    return corpus
+
+
+def _check_arguments(files: list[Path], tokenizer, max_len: int) -> None:
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < MIN_MAX_LEN:
+        raise ValueError(f"max_len {max_len!r} is too small (accepted: an int >= {MIN_MAX_LEN})")
+    if not files:
+        raise ValueError("files is empty (accepted: at least one corpus file)")
+    if None in (tokenizer.pad_token_id, block_start_id(tokenizer), block_end_id(tokenizer)):
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} lacks a pad, cls/bos or sep/eos token "
+            "(accepted: a tokenizer with all three)"
+        )
+
+
+def _cache_key(file: Path, tokenizer_id: str, max_len: int, label_suffix: str | None) -> str:
+    label_file = sidecar_path(file, label_suffix)
+    identity = {
+        "file": file_sha256(file),
+        "labels": file_sha256(label_file) if label_file else None,
+        "tokenizer": tokenizer_id,
+        "max_len": max_len,
+        "label_suffix": label_suffix,
+        "format": TOKEN_CACHE_FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+
+def _load_cached(cache_file: Path, max_len: int) -> _PackedFile | None:
+    if not cache_file.is_file():
+        return None
+    try:
+        state = torch.load(cache_file, weights_only=True)
+        blocks = state["blocks"].long()
+        units = [state["unit_names"][i] for i in state["unit_index"].tolist()]
+    except (OSError, RuntimeError, EOFError, KeyError, IndexError, pickle.UnpicklingError) as error:
+        # A damaged cache file is only a lost speed-up: rebuild it rather than fail the run.
+        logger.warning("ignoring unreadable token cache %s (%s); rebuilding it", cache_file, error)
+        return None
+    if blocks.ndim != 2 or blocks.shape[1] != max_len or len(units) != blocks.shape[0]:
+        logger.warning(
+            "ignoring token cache %s with unexpected shape %s; rebuilding it", cache_file, tuple(blocks.shape)
+        )
+        return None
+    logger.info("reusing token cache %s", cache_file)
+    return _PackedFile(blocks=blocks, units=units)
+
+
+def _pack_file(file: Path, tokenizer, max_len: int, label_suffix: str | None) -> _PackedFile:
+    documents = read_documents(file, label_suffix)
+    logger.info("tokenizing %s: %d documents", file.name, len(documents))
+    token_ids = _tokenize(documents, tokenizer)
+    groups: dict[str, list[list[int]]] = {}
+    for document, ids in zip(documents, token_ids):
+        if ids:
+            groups.setdefault(document.label or file.name, []).append(ids)
+    block_arrays, units = [], []
+    for unit, docs in groups.items():
+        blocks = pack_documents(docs, block_start_id(tokenizer), block_end_id(tokenizer),
+                                tokenizer.pad_token_id, max_len)
+        block_arrays.append(blocks)
+        units.extend([unit] * len(blocks))
+    stacked = np.concatenate(block_arrays) if block_arrays else np.zeros((0, max_len), dtype=np.int64)
+    return _PackedFile(blocks=torch.from_numpy(stacked).long(), units=units)
+
+
+def _tokenize(documents: list[Document], tokenizer) -> list[list[int]]:
+    """Token ids of every document, without special tokens and without truncation."""
+    # A private copy of the Rust backend, with padding/truncation off, is about a quarter
+    # faster than the transformers wrapper (no offsets, no Python-side conversion) and
+    # maps texts to exactly the same ids.
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    token_ids: list[list[int]] = []
+    for start in range(0, len(documents), _TOKENIZE_BATCH_DOCS):
+        texts = [document.text for document in documents[start:start + _TOKENIZE_BATCH_DOCS]]
+        encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
+        token_ids.extend(encoding.ids for encoding in encodings)
+    return token_ids
+
+
+def pack_documents(
+    docs: list[list[int]], start_id: int, end_id: int, pad_id: int, max_len: int
+) -> np.ndarray:
+    """Pack token-id lists into int64 blocks ``[start] content [end] pad*`` of ``max_len``.
+
+    Content is the documents joined by ``end_id``, cut every ``max_len - 2`` ids.
+    """
+    content_len = max_len - 2
+    stream = np.fromiter(_joined(docs, end_id), dtype=np.int64)
+    num_blocks = -(-len(stream) // content_len)
+    tail_len = len(stream) - (num_blocks - 1) * content_len
+    if num_blocks > 1 and tail_len < min(MIN_TAIL_CONTENT_TOKENS, content_len):
+        num_blocks -= 1
+        stream = stream[:num_blocks * content_len]
+    blocks = np.full((num_blocks, max_len), pad_id, dtype=np.int64)
+    blocks[:, 0] = start_id
+    for row in range(num_blocks):
+        chunk = stream[row * content_len:(row + 1) * content_len]
+        blocks[row, 1:1 + len(chunk)] = chunk
+        blocks[row, 1 + len(chunk)] = end_id
+    return blocks
+
+
+def _joined(docs: list[list[int]], separator: int):
+    for position, ids in enumerate(docs):
+        if position:
+            yield separator
+        yield from ids
+
+
+def _save_atomically(packed: _PackedFile, cache_file: Path) -> None:
+    """torch.save into a temp file beside ``cache_file``, then os.replace it into place."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    unit_names = sorted(set(packed.units))
+    unit_position = {name: index for index, name in enumerate(unit_names)}
+    state = {
+        # int32 halves the file; every vocab here is far below 2**31.
+        "blocks": packed.blocks.to(torch.int32),
+        "unit_names": unit_names,
+        "unit_index": torch.tensor([unit_position[unit] for unit in packed.units], dtype=torch.int64),
+    }
+    handle, temp_name = tempfile.mkstemp(prefix=f".{cache_file.stem}.", suffix=".tmp", dir=cache_file.parent)
+    os.close(handle)
+    try:
+        torch.save(state, temp_name)
+        os.chmod(temp_name, 0o644)  # mkstemp creates it private; the cache is meant to be shared
+        os.replace(temp_name, cache_file)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+
+
+def _log_file_done(
+    file: Path, packed: _PackedFile, position: int, total: int, started: float, pad_id: int
+) -> None:
+    logger.info(
+        "tokens %d/%d %s: %d blocks, %d tokens (%.1fs elapsed)",
+        position, total, file.name, len(packed.blocks), int((packed.blocks != pad_id).sum()),
+        time.perf_counter() - started,
+    )
+
+
+def _concatenate(packed_files: list[_PackedFile], files: list[Path], pad_id: int) -> TokenizedCorpus:
+    block_counts = torch.tensor([len(packed.blocks) for packed in packed_files])
+    return TokenizedCorpus(
+        blocks=torch.cat([packed.blocks for packed in packed_files]),
+        source=torch.repeat_interleave(torch.arange(len(packed_files)), block_counts),
+        unit=[unit for packed in packed_files for unit in packed.units],
+        files=[file.name for file in files],
+        pad_token_id=int(pad_id),
+    )

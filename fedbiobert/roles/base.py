@@ -1,0 +1,55 @@
+"""What both roles share: the round loop, the round-end gather to rank 0, and the run's end."""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+
+from fedbiobert.roles.round_end import ByteDelta, RoundPiece, RoundWriter
+
+logger = logging.getLogger(__name__)
+
+
+class RoleProcess(ABC):
+    role_name = ""
+
+    def __init__(self, session):
+        self.session = session
+        self.config = session.config
+        self.rank = session.rank
+        self.byte_delta = ByteDelta()
+        self.writer = RoundWriter(session) if self.rank == 0 else None
+        self.current_round = session.start_round
+
+    def run(self) -> None:
+        for round_idx in range(self.session.start_round, self.config.last_round):
+            self.current_round = round_idx
+            self.train_round(round_idx)
+            self.end_round(round_idx)
+
+    @abstractmethod
+    def train_round(self, round_idx: int) -> None:
+        """Train this round and finish its FedAvg (a collective within the role)."""
+
+    @abstractmethod
+    def round_piece(self) -> RoundPiece:
+        """What this process contributes to rank 0's round report."""
+
+    def end_round(self, round_idx: int) -> None:
+        piece = self.round_piece()
+        piece.bytes_sent, piece.bytes_received = self.byte_delta.take(self.channel.bytes)
+        pieces = self.session.collectives.gather_to_rank0(piece)  # every rank calls, once per round
+        if self.writer is not None:
+            self.writer.write(round_idx, pieces)
+
+    def finish(self, wall_seconds: float) -> None:
+        if self.writer is None:
+            return
+        summary = self.writer.write_summary(wall_seconds)
+        self.writer.close()
+        logger.info("done: %s rounds in %.1fs, %.0f tokens/s, final global loss %s, val perplexity %s; outputs in %s",
+                    summary["rounds_completed"], wall_seconds, summary["tokens_per_second"] or 0,
+                    _fmt(summary["final_global_loss"]), _fmt(summary["val_perplexity"]), self.session.output_dir)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

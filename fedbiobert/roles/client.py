@@ -1,0 +1,109 @@
+"""The client-process loop: train this process's sampled silos in turn, then FedAvg the client parts.
+
+One client process hosts several logical clients (silos) when n_clients exceeds the client
+processes. Per round, for each sampled silo hosted here: load the global client part (and the
+silo's private tensors, if embeddings/heads are not averaged), train it for
+n_local_rounds x num_batch steps through the algorithm's ClientTrainer, and add its weights to a
+running weighted sum. Then tell the server the round is done and average across client processes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from fedbiobert.aggregate import WeightedSum
+from fedbiobert.comm import link_channel
+from fedbiobert.data import client_batches
+from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.metrics import EventLog
+from fedbiobert.model import load_unique_state, unique_state
+from fedbiobert.roles.base import RoleProcess
+from fedbiobert.roles.round_end import RoundPiece, cpu_state
+from fedbiobert.seeding import derive_seed, seed_torch
+
+logger = logging.getLogger(__name__)
+
+
+class ClientProcess(RoleProcess):
+    role_name = "client"
+
+    def __init__(self, session, algorithm):
+        super().__init__(session)
+        self.topology = session.topology
+        self.algorithm = algorithm
+        self.model, _ = algorithm.split(session.build_full_model())
+        self.model.to(session.device)
+        self.federated_keys = algorithm.federated_client_keys(self.model)
+        self.global_state = cpu_state(unique_state(self.model))  # no aliases: see unique_state
+        self.private_states: dict[int, dict] = {}
+        self.server_rank = self.topology.server_of(self.rank)
+        self.channel = link_channel(session, self.server_rank)
+        self.events = EventLog(self.rank, "client", session.start_time)
+        self._apply_resume(session.resume)
+
+    # --- one round ---------------------------------------------------------------------------------
+    def train_round(self, round_idx: int) -> None:
+        weighted_sum = WeightedSum(self.global_state, self.federated_keys)
+        for client_id in self.topology.clients_for(self.rank, round_idx):
+            self._load_client(client_id)
+            self._train_client(client_id, round_idx)
+            trained = unique_state(self.model)
+            weighted_sum.add(trained, self.session.client_weight(client_id))
+            self._keep_private(client_id, trained)
+        # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
+        self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
+        self.channel.flush()
+        averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
+        if averaged is not None:
+            self.global_state.update(averaged)
+
+    def _train_client(self, client_id: int, round_idx: int) -> None:
+        config = self.config
+        seed_torch(config.manual_seed, "client-dropout", round_idx, client_id)
+        self.model.train()
+        trainer = self.algorithm.client_trainer(self.model, self.channel, self.server_rank, client_id, round_idx)
+        started = time.time()
+        for local_round in range(config.n_local_rounds):
+            for batch_idx, batch in enumerate(self._batches(client_id, round_idx, local_round)):
+                global_step = round_idx * config.steps_per_round + local_round * config.num_batch + batch_idx
+                result = trainer.step(batch.to(self.session.device), global_step)
+                self._record(result, round_idx)
+        for result in trainer.finish():
+            self._record(result, round_idx)
+        logger.debug("client %d round %d trained in %.2fs", client_id, round_idx + 1, time.time() - started)
+
+    def _batches(self, client_id: int, round_idx: int, local_round: int):
+        config = self.config
+        return client_batches(self.session.corpus, self.session.client_indices[client_id], config.batch_size,
+                              config.num_batch, self.session.masking,
+                              seed=derive_seed(config.manual_seed, "batches", round_idx, client_id, local_round),
+                              num_workers=config.num_workers, pin_memory=config.pin_memory)
+
+    def round_piece(self) -> RoundPiece:
+        first_client = self.rank == self.topology.client_ranks[0]
+        return RoundPiece(rank=self.rank, role="client", events=self.events.drain(),
+                          client_state=cpu_state(self.global_state) if first_client else None,
+                          private_states=self.private_states)
+
+    # --- state ---------------------------------------------------------------------------------------
+    def _load_client(self, client_id: int) -> None:
+        load_unique_state(self.model, {**self.global_state, **self.private_states.get(client_id, {})})
+
+    def _keep_private(self, client_id: int, trained: dict) -> None:
+        private_keys = set(trained) - set(self.federated_keys)
+        private_keys = {key for key in private_keys if trained[key].is_floating_point()}
+        if not self.config.fedavg_embedding_head and private_keys:
+            self.private_states[client_id] = cpu_state({key: trained[key] for key in private_keys})
+
+    def _apply_resume(self, resume: dict | None) -> None:
+        if resume is None:
+            return
+        self.global_state.update(resume["client_state"])
+        mine = set(self.topology.clients_at(self.rank))
+        self.private_states = {cid: s for cid, s in resume["private_states"].items() if cid in mine}
+
+    def _record(self, result, round_idx: int) -> None:
+        self.events.record("step", round=round_idx + 1, step=result.step, client_id=result.client_id,
+                           local_loss=result.local_loss, global_loss=result.global_loss, tokens=result.tokens,
+                           bytes_sent=self.channel.bytes.total("sent"),
+                           bytes_received=self.channel.bytes.total("received"))

@@ -1,0 +1,156 @@
+"""What one process builds before it takes its role: devices, data, tokenizer, model, resume state.
+
+A `Session` is built once per process by `build_session` and handed to the role. Data preparation
+(tokenizer training, token cache) is done by local rank 0 of each node while the other local ranks
+wait at a barrier, then every rank loads the same cached files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedbiobert.comm import Collectives, LaunchInfo, ProcessGroups
+from fedbiobert.config import Config
+from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, client_weights, list_corpus_files,
+                             load_or_build_token_cache, partition, split_validation)
+from fedbiobert.model import ModelSpec, build_config, build_full_model, load_full_model
+from fedbiobert.optim import Schedule
+from fedbiobert.topology import Role, Topology
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    config: Config
+    launch: LaunchInfo
+    topology: Topology
+    groups: ProcessGroups
+    collectives: Collectives
+    device: torch.device
+    tokenizer: object
+    corpus: TokenizedCorpus
+    client_indices: list[torch.Tensor]      # training block indices of each logical client
+    client_sample_weights: list[float]      # FedAvg weight of each client (normalised over all clients)
+    val_indices: torch.Tensor
+    masking: MaskingSpec
+    hf_config: object
+    schedule: Schedule
+    output_dir: Path
+    start_time: float
+    resume: dict | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.launch.rank
+
+    @property
+    def role(self) -> Role:
+        return self.topology.role(self.launch.rank)
+
+    @property
+    def start_round(self) -> int:
+        return 0 if self.resume is None else int(self.resume["round"])
+
+    def client_weight(self, client_id: int) -> float:
+        """FedAvg weight of a client: its sample count, or 1 with weighting=uniform."""
+        if self.config.aggregate_weighting == "uniform":
+            return 1.0
+        return float(len(self.client_indices[client_id]))
+
+    def build_full_model(self):
+        """Identical initial weights on every process (same seed), or the --init_from checkpoint."""
+        if self.config.init_from:
+            return load_full_model(self.config.init_from)
+        return build_full_model(self.hf_config, seed=self.config.manual_seed)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FEDBIOBERT_CACHE", Path.home() / ".cache" / "fedbiobert"))
+
+
+def select_device(config: Config, launch: LaunchInfo) -> torch.device:
+    if not config.on_cuda:
+        return torch.device("cpu")
+    gpu_ids = config.gpu_id_list
+    index = gpu_ids[launch.local_rank] if gpu_ids else launch.local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def set_cpu_threads(config: Config, launch: LaunchInfo) -> None:
+    """Split the cores between the processes of a node (torch would give each all of them)."""
+    threads = config.num_threads or max(1, (os.cpu_count() or 1) // launch.local_world_size)
+    torch.set_num_threads(threads)
+
+
+def prepare_data(config: Config, launch: LaunchInfo, collectives: Collectives):
+    """Tokenizer + token cache, built by local rank 0 of each node, then loaded by every rank."""
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    files = list_corpus_files(config.data_dir)
+
+    def load():
+        tokenizer = build_tokenizer(config.arch, config.tokenizer, files, cache_dir, config.vocab_size)
+        corpus = load_or_build_token_cache(files, tokenizer, config.max_len, cache_dir, config.label_suffix)
+        return tokenizer, corpus
+
+    if launch.local_rank == 0:
+        result = load()
+    collectives.long_barrier()  # the other local ranks wait for the cache instead of building it too
+    if launch.local_rank != 0:
+        result = load()
+    return result
+
+
+def build_session(config: Config, launch: LaunchInfo, topology: Topology, groups: ProcessGroups,
+                  start_time: float | None = None) -> Session:
+    device = select_device(config, launch)
+    set_cpu_threads(config, launch)
+    collectives = Collectives(groups, device)
+    tokenizer, corpus = prepare_data(config, launch, collectives)
+    train_indices, val_indices = split_validation(corpus, config.val_ratio, config.manual_seed)
+    parts = partition(corpus, train_indices, config.n_clients, config.partition_data, config.manual_seed,
+                      config.dirichlet_alpha)
+    hf_config = _model_config(config, tokenizer)
+    session = Session(
+        config=config, launch=launch, topology=topology, groups=groups, collectives=collectives,
+        device=device, tokenizer=tokenizer, corpus=corpus, client_indices=parts,
+        client_sample_weights=client_weights(parts), val_indices=val_indices,
+        masking=MaskingSpec.from_tokenizer(tokenizer, config.mlm_probability), hf_config=hf_config,
+        schedule=Schedule(config.total_steps, config.warmup_ratio, config.lr, config.end_lr),
+        output_dir=Path(config.output_dir), start_time=start_time or time.time())
+    _log_partition(session)
+    return session
+
+
+def _model_config(config: Config, tokenizer):
+    if config.init_from:
+        hf_config = load_full_model(config.init_from).config
+        if hf_config.vocab_size < len(tokenizer):
+            raise ValueError(f"--init_from '{config.init_from}' has vocab_size {hf_config.vocab_size} but the "
+                             f"tokenizer has {len(tokenizer)} tokens (give the checkpoint's tokenizer)")
+        return hf_config
+    spec = ModelSpec(arch=config.arch, vocab_size=len(tokenizer), hidden_size=config.hidden_size,
+                     num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+                     num_layers=config.num_layers, max_len=config.max_len, pad_token_id=tokenizer.pad_token_id)
+    return build_config(spec)
+
+
+def _log_partition(session: Session) -> None:
+    if session.rank != 0:
+        return
+    sizes = [len(part) for part in session.client_indices]
+    logger.info("corpus: %d blocks of %d tokens from %d files; %d held out for validation",
+                len(session.corpus), session.config.max_len, len(session.corpus.files), len(session.val_indices))
+    logger.info("partition %s into %d clients: blocks per client %s", session.config.partition_data,
+                session.config.n_clients, sizes)
+
+
+def config_values(config: Config) -> dict:
+    return dataclasses.asdict(config)

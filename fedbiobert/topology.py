@@ -1,0 +1,116 @@
+"""Which process does what: rank -> role, server <-> client-process wiring, clients per round.
+
+Pure Python and deterministic: every rank builds the same `Topology` and gets the same answers
+without talking to anyone, so nothing else in the code base does rank arithmetic.
+
+Layout of a world of W processes with S servers (`--num_device S`):
+
+    ranks 0 .. S-1     server processes (rank 0 also writes checkpoints and shows progress)
+    ranks S .. W-1     client processes; client process p (p = rank - S) is served by server p % S
+
+Logical clients (silos) have a fixed home process: client `client_id` lives on client process
+`client_id % P` (P = W - S), as a hospital's data lives on its own machine. Each round samples
+`round(n_clients * participation_ratio)` clients, stratified by home process so that every process
+trains as equal a share as the sample size allows.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Role(str, Enum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+@dataclass(frozen=True)
+class Topology:
+    world_size: int
+    num_servers: int
+    n_clients: int
+    clients_per_round: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_servers < self.world_size:
+            raise ValueError(f"num_servers {self.num_servers} must be in [1, world_size={self.world_size})")
+        if self.num_client_processes > self.n_clients:
+            raise ValueError(f"{self.num_client_processes} client processes exceed n_clients {self.n_clients}")
+        if not 1 <= self.clients_per_round <= self.n_clients:
+            raise ValueError(f"clients_per_round {self.clients_per_round} is outside [1, {self.n_clients}]")
+
+    # --- ranks and roles ----------------------------------------------------------------------
+    @property
+    def num_client_processes(self) -> int:
+        return self.world_size - self.num_servers
+
+    @property
+    def server_ranks(self) -> list[int]:
+        return list(range(self.num_servers))
+
+    @property
+    def client_ranks(self) -> list[int]:
+        return list(range(self.num_servers, self.world_size))
+
+    def role(self, rank: int) -> Role:
+        self._check_rank(rank)
+        return Role.SERVER if rank < self.num_servers else Role.CLIENT
+
+    def describe(self, rank: int) -> str:
+        """'server rank 0' / 'client rank 2': used in every error message naming a peer."""
+        return f"{self.role(rank).value} rank {rank}"
+
+    def server_of(self, client_rank: int) -> int:
+        return self._client_process_index(client_rank) % self.num_servers
+
+    def client_ranks_of(self, server_rank: int) -> list[int]:
+        if self.role(server_rank) is not Role.SERVER:
+            raise ValueError(f"rank {server_rank} is not a server")
+        return [rank for rank in self.client_ranks if self.server_of(rank) == server_rank]
+
+    # --- logical clients ------------------------------------------------------------------------
+    def home_rank(self, client_id: int) -> int:
+        """The client process that holds silo `client_id`'s data and private state."""
+        if not 0 <= client_id < self.n_clients:
+            raise ValueError(f"client_id {client_id} is outside [0, {self.n_clients})")
+        return self.num_servers + client_id % self.num_client_processes
+
+    def clients_at(self, client_rank: int) -> list[int]:
+        """Every logical client whose home is this client process."""
+        index = self._client_process_index(client_rank)
+        return list(range(index, self.n_clients, self.num_client_processes))
+
+    def sample_clients(self, round_idx: int) -> list[int]:
+        """The clients that train in round `round_idx` (0-based); the same on every rank.
+
+        Stratified: shuffle each process's clients, then deal picks process by process (starting
+        at a round-dependent process) so per-process counts differ by at most one.
+        """
+        rng = random.Random(f"{self.seed}-sample-{round_idx}")
+        pools = [self.clients_at(rank) for rank in self.client_ranks]
+        for pool in pools:
+            rng.shuffle(pool)
+        start = rng.randrange(len(pools))
+        order = [(start + offset) % len(pools) for offset in range(len(pools))]
+        chosen: list[int] = []
+        while len(chosen) < self.clients_per_round:
+            for process_index in order:
+                if pools[process_index] and len(chosen) < self.clients_per_round:
+                    chosen.append(pools[process_index].pop())
+        return sorted(chosen)
+
+    def clients_for(self, client_rank: int, round_idx: int) -> list[int]:
+        """The sampled clients that `client_rank` trains, in turn, in round `round_idx`."""
+        return [cid for cid in self.sample_clients(round_idx) if self.home_rank(cid) == client_rank]
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def _check_rank(self, rank: int) -> None:
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank {rank} is outside [0, {self.world_size})")
+
+    def _client_process_index(self, client_rank: int) -> int:
+        if self.role(client_rank) is not Role.CLIENT:
+            raise ValueError(f"rank {client_rank} is not a client process")
+        return client_rank - self.num_servers

@@ -1,0 +1,89 @@
+"""Channel over real gloo processes: any-source receive, payload integrity, byte accounting, timeouts."""
+import json
+import time
+
+import pytest
+import torch
+
+from fedbiobert.comm import Channel, PeerError, init_distributed, launch_info_from_env, shutdown
+from fedbiobert.messages import HEADER_BYTES, Control, Kind, Message
+from fedbiobert.topology import Topology
+from tests.distributed import run_processes
+
+
+def _channel(timeout_s: float):
+    launch = launch_info_from_env()
+    topology = Topology(launch.world_size, 1, n_clients=launch.world_size - 1,
+                        clients_per_round=launch.world_size - 1, seed=0)
+    groups = init_distributed(launch, topology, on_cuda=False, timeout_s=60)
+    channel = Channel(launch.rank, groups.link[0], groups.link[0], torch.device("cpu"), timeout_s,
+                      topology.describe)
+    return launch.rank, channel
+
+
+def _exchange_worker(rank, world_size, out_dir):
+    rank, channel = _channel(timeout_s=30)
+    if rank == 0:  # server: take 2 messages + ROUND_DONE from each client, in arrival order
+        seen = []
+        for _ in range(3 * (world_size - 1)):
+            message = channel.recv(None)
+            if message.kind is Kind.ACTIVATION:
+                expected = torch.full((2, 3), float(message.source * 10 + message.step))
+                assert torch.equal(message.tensors[0], expected)
+                assert torch.equal(message.tensors[1], torch.arange(message.step + 1))
+                channel.send(Message(Kind.OUTPUT, step=message.step, tensors=[message.tensors[0] * 2]),
+                             message.source)
+            seen.append([message.source, message.kind.name, message.step])
+        channel.flush()
+        result = {"seen": seen, "bytes": channel.bytes.as_dict()}
+    else:  # client: send 2 activations, read both outputs back, then say ROUND_DONE
+        for step in range(2):
+            channel.send(Message(Kind.ACTIVATION, client_id=rank, step=step,
+                                 tensors=[torch.full((2, 3), float(rank * 10 + step)), torch.arange(step + 1)]), 0)
+        outputs = [channel.recv(0) for _ in range(2)]
+        assert [o.step for o in outputs] == [0, 1]
+        assert torch.equal(outputs[1].tensors[0], torch.full((2, 3), float(rank * 10 + 1)) * 2)
+        channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)
+        channel.flush()
+        result = {"bytes": channel.bytes.as_dict()}
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    shutdown()
+
+
+def test_server_receives_from_any_client_and_bytes_equal_tensor_sizes(tmp_path):
+    run_processes(_exchange_worker, 3, tmp_path, timeout=60)
+    server = json.loads((tmp_path / "rank0.json").read_text())
+    per_client = {}
+    for source, kind, step in server["seen"]:
+        per_client.setdefault(source, []).append((kind, step))
+    for source in (1, 2):  # FIFO per client, whatever the interleaving between clients
+        assert per_client[source] == [("ACTIVATION", 0), ("ACTIVATION", 1), ("CONTROL", -1)]
+    activation_bytes = 2 * 3 * 4 + 1 * 8 + 2 * 3 * 4 + 2 * 8  # float32 (2,3) + int64 arange, steps 0 and 1
+    output_bytes = 2 * (2 * 3 * 4)
+    for rank in (1, 2):
+        client = json.loads((tmp_path / f"rank{rank}.json").read_text())["bytes"]
+        assert client["sent_activation"] == activation_bytes
+        assert client["received_output"] == output_bytes
+        assert client["bytes_sent"] == activation_bytes + 3 * HEADER_BYTES
+    assert server["bytes"]["received_activation"] == 2 * activation_bytes
+    assert server["bytes"]["bytes_received"] == 2 * activation_bytes + 6 * HEADER_BYTES
+
+
+def _timeout_worker(rank, world_size, out_dir):
+    rank, channel = _channel(timeout_s=2)
+    if rank == 0:
+        started = time.time()
+        with pytest.raises(PeerError) as error:
+            channel.recv(1)
+        (out_dir / "error.json").write_text(json.dumps({"message": str(error.value),
+                                                        "seconds": time.time() - started}))
+    else:
+        time.sleep(6)  # silent peer
+    shutdown()
+
+
+def test_a_silent_peer_times_out_with_a_message_naming_it(tmp_path):
+    run_processes(_timeout_worker, 2, tmp_path, timeout=60)
+    report = json.loads((tmp_path / "error.json").read_text())
+    assert "timed out" in report["message"] and "client rank 1" in report["message"]
+    assert 1.5 < report["seconds"] < 10

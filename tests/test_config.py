@@ -1,0 +1,104 @@
+"""Flags, config files and validation: every bad value gets one clear line naming it."""
+import logging
+
+import pytest
+
+from fedbiobert.config import (ConfigError, parse_config, validate_paths, validate_static, validate_world)
+
+
+def test_original_flags_and_aliases(tmp_path):
+    config = parse_config(["--arch", "roberta", "--num_servers", "2", "--checkpoint_save_dir", str(tmp_path),
+                           "--fedavg_embedding_head", "False", "--same_seed_process", "True",
+                           "--fl_aggregate", "scheme=federated_average,weighting=uniform", "--gpu_ids", "0,1,2"])
+    assert config.arch == "roberta" and config.num_device == 2 and config.output_dir == str(tmp_path)
+    assert config.fedavg_embedding_head is False and config.same_seed_process is True
+    assert config.aggregate_weighting == "uniform" and config.gpu_id_list == [0, 1, 2]
+
+
+def test_text_meaningless_flags_are_accepted_with_a_notice(caplog):
+    with caplog.at_level(logging.WARNING):
+        parse_config(["--pn_normalize", "True", "--world_conf", "0,0,0"])
+    assert "pn_normalize" in caplog.text and "world_conf" in caplog.text
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".yaml", "n_clients: 8\nlr: 0.001\noutput_dir: from_file\nfedavg_server_model: false\n"),
+    (".toml", "n_clients = 8\nlr = 0.001\noutput_dir = 'from_file'\nfedavg_server_model = false\n"),
+])
+def test_config_file_values_are_overridden_by_the_command_line(tmp_path, suffix, text):
+    path = tmp_path / f"run{suffix}"
+    path.write_text(text)
+    config = parse_config(["--config", str(path), "--lr", "0.002"])
+    assert config.n_clients == 8 and config.lr == 0.002 and config.output_dir == "from_file"
+    assert config.fedavg_server_model is False
+
+
+def test_unknown_key_in_config_file_is_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("n_clinets: 8\n")
+    with pytest.raises(ConfigError, match="n_clinets"):
+        parse_config(["--config", str(path)])
+
+
+def test_bad_boolean_exits_with_argparse_message(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--on_cuda", "maybe"])
+    assert "'maybe' is not a boolean" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--participation_ratio", "0"], "--participation_ratio 0.0 is outside (0, 1]"),
+    (["--participation_ratio", "1.5"], "outside (0, 1]"),
+    (["--hidden_size", "130", "--num_attention_heads", "4"], "--hidden_size 130 is not divisible"),
+    (["--num_client_encoder", "0"], "--num_client_encoder 0"),
+    (["--end_lr", "1", "--lr", "0.1"], "--end_lr 1.0"),
+    (["--n_clients", "0"], "--n_clients 0"),
+    (["--max_len", "4"], "--max_len 4"),
+    (["--fl_aggregate", "scheme=median"], "scheme 'median'"),
+    (["--gpu_ids", "a,b"], "--gpu_ids 'a,b'"),
+    (["--stop_after_round", "11", "--n_comm_rounds", "10"], "--stop_after_round 11"),
+])
+def test_static_validation_names_the_value(argv, fragment):
+    with pytest.raises(ConfigError) as error:
+        validate_static(parse_config(argv))
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("world,argv,fragment", [
+    (3, ["--num_device", "3"], "leave no client process"),
+    (3, ["--num_device", "2"], "every server needs at least one client process"),
+    (6, ["--n_clients", "2"], "--n_clients 2"),
+    (3, ["--on_cuda", "True"], "CUDA is not available"),
+    (3, ["--gpu_ids", "0,1"], "--gpu_ids '0,1' has 2 id(s) but 3 processes"),
+])
+def test_world_validation_names_the_value(world, argv, fragment):
+    with pytest.raises(ConfigError) as error:
+        validate_world(parse_config(argv), world_size=world, local_world_size=world, cuda_available=False)
+    assert fragment in str(error.value)
+
+
+def test_path_validation(tmp_path, small_corpus):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["--data_dir", str(tmp_path / "missing")], "--data_dir"),
+        (["--data_dir", str(empty)], "--data_dir"),
+        (["--data_dir", str(small_corpus), "--output_dir", str(a_file)], "is not a directory"),
+        (["--data_dir", str(small_corpus), "--tokenizer", str(tmp_path / "nope.txt")], "--tokenizer"),
+        (["--data_dir", str(small_corpus), "--init_from", str(empty)], "has no config.json"),
+        (["--data_dir", str(small_corpus), "--output_dir", str(empty), "--from_checkpoint", "True"],
+         "cannot resume"),
+    ]
+    for argv, fragment in cases:
+        with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+            validate_paths(parse_config(argv))
+
+
+def test_init_from_layer_mismatch_is_named(tmp_path, small_corpus):
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "num_hidden_layers": 12}')
+    config = parse_config(["--data_dir", str(small_corpus), "--init_from", str(tmp_path),
+                           "--num_client_encoder", "2", "--num_server_encoder", "2"])
+    with pytest.raises(ConfigError, match="= 4 layers, but --init_from .* has 12"):
+        validate_paths(config)

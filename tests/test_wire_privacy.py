@@ -1,0 +1,94 @@
+"""What leaves a silo, measured on the wire between real processes.
+
+Client-head mode (default): the client sends hidden states, a padding mask and the flat indices of
+the masked positions: never token ids or labels. Server-head mode: the labels of the masked
+positions are sent too (documented); token ids still never are.
+"""
+import json
+import types
+
+import pytest
+import torch
+
+from fedbiobert.algorithms.fedbiobert import FedBioBERT
+from fedbiobert.comm import Channel, init_distributed, launch_info_from_env, shutdown
+from fedbiobert.config import Config
+from fedbiobert.data import MaskingSpec, build_tokenizer, client_batches, list_corpus_files, load_or_build_token_cache
+from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.model import ModelSpec, build_config, build_full_model, masked_positions
+from fedbiobert.optim import Schedule
+from fedbiobert.topology import Topology
+from tests.conftest import SCIVOCAB
+from tests.distributed import run_processes
+
+STEPS = 4
+
+
+def _setup(head_placement, corpus_dir, cache_dir):
+    config = Config(head_placement=head_placement, num_client_encoder=1, num_server_encoder=1, max_inflight=2,
+                    max_len=32, batch_size=3, num_batch=STEPS)
+    files = list_corpus_files(corpus_dir)
+    tokenizer = build_tokenizer("bert", str(SCIVOCAB), files, cache_dir)
+    corpus = load_or_build_token_cache(files, tokenizer, config.max_len, cache_dir)
+    spec = ModelSpec("bert", len(tokenizer), 32, 2, 64, 2, config.max_len, tokenizer.pad_token_id)
+    algorithm = FedBioBERT(types.SimpleNamespace(config=config, schedule=Schedule(STEPS, 0.0, 1e-3, 0.0)))
+    client, server = algorithm.split(build_full_model(build_config(spec), seed=0))
+    batches = list(client_batches(corpus, torch.arange(len(corpus)), 3, STEPS,
+                                  MaskingSpec.from_tokenizer(tokenizer), seed=1))
+    return algorithm, client, server, batches
+
+
+def _worker(rank, world_size, head_placement, corpus_dir, cache_dir, out_dir):
+    algorithm, client, server, batches = _setup(head_placement, corpus_dir, cache_dir)
+    launch = launch_info_from_env()
+    topology = Topology(2, 1, 1, 1, 0)
+    groups = init_distributed(launch, topology, on_cuda=False, timeout_s=60)
+    channel = Channel(rank, groups.link[0], groups.link[0], torch.device("cpu"), 30, topology.describe)
+    if rank == 0:
+        trainer = algorithm.server_trainer(server, channel, 0)
+        received = []
+        while True:
+            message = channel.recv(None)
+            if message.kind is Kind.CONTROL:
+                break
+            received.append(message)
+            trainer.handle(message)
+        trainer.finish()
+        channel.flush()
+        torch.save([(m.kind.name, m.step, m.tensors) for m in received], out_dir / "wire.pt")
+    else:
+        trainer = algorithm.client_trainer(client, channel, 0, client_id=0, round_idx=0)
+        for step, batch in enumerate(batches):
+            trainer.step(batch, step)
+        trainer.finish()
+        channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)
+        channel.flush()
+        (out_dir / "client_bytes.json").write_text(json.dumps(channel.bytes.as_dict()))
+    shutdown()
+
+
+@pytest.mark.parametrize("head_placement", ["client", "server"])
+def test_what_a_client_sends(tmp_path, small_corpus, head_placement):
+    run_processes(_worker, 2, head_placement, small_corpus, tmp_path / "cache", tmp_path, timeout=120)
+    _, _, _, batches = _setup(head_placement, small_corpus, tmp_path / "cache")
+    wire = torch.load(tmp_path / "wire.pt")
+    activations = [entry for entry in wire if entry[0] == "ACTIVATION"]
+    assert [entry[1] for entry in activations] == list(range(STEPS))
+    for (_, step, tensors), batch in zip(activations, batches):
+        positions = masked_positions(batch.labels)
+        hidden, mask, sent_positions = tensors[:3]
+        assert hidden.dtype == torch.float32 and hidden.shape == (*batch.input_ids.shape, 32)
+        assert torch.equal(mask, batch.attention_mask.to(torch.uint8))
+        assert torch.equal(sent_positions, positions)  # indices into B*T, not vocabulary ids
+        for tensor in tensors:  # no tensor equals the token ids, whatever its dtype or shape
+            assert not (tensor.shape == batch.input_ids.shape and torch.equal(tensor.long(), batch.input_ids))
+        if head_placement == "client":
+            assert len(tensors) == 3
+        else:  # the documented exception: labels of masked positions go to the server
+            assert len(tensors) == 4 and torch.equal(tensors[3], batch.labels.reshape(-1)[positions])
+    grads = [entry for entry in wire if entry[0] == "GRAD"]
+    if head_placement == "client":
+        assert [entry[1] for entry in grads] == list(range(STEPS))
+        assert all(len(t) == 1 and t[0].is_floating_point() for _, _, t in grads)
+    else:
+        assert grads == []

@@ -130,6 +130,14 @@ def test_changed_file_or_sidecar_invalidates_only_its_cache(corpus_files, tokeni
     assert len(list((cache / "tokens").glob("*.pt"))) == 5
 
 
+def test_renamed_file_gets_its_own_units(corpus_files, tokenizer, tmp_path):
+    cache = tmp_path / "cache"
+    load_or_build_token_cache(corpus_files[1:2], tokenizer, MAX_LEN, cache)
+    renamed = corpus_files[1].rename(corpus_files[1].with_name("wiki_copy.txt"))
+    corpus = load_or_build_token_cache([renamed], tokenizer, MAX_LEN, cache)
+    assert set(corpus.unit) == {"wiki_copy.txt"} and corpus.files == ["wiki_copy.txt"]
+
+
 def test_max_len_and_label_suffix_are_part_of_the_key(corpus_files, tokenizer, tmp_path):
     cache = tmp_path / "cache"
     load_or_build_token_cache(corpus_files[:1], tokenizer, MAX_LEN, cache)

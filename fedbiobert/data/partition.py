@@ -81,7 +81,9 @@ def partition(
     return [torch.from_numpy(np.sort(part).astype(np.int64)) for part in parts]
 
 
-def _checked_arguments(corpus: TokenizedCorpus, train_idx: torch.Tensor, n_clients: int, scheme: str) -> np.ndarray:
+def _checked_arguments(
+    corpus: TokenizedCorpus, train_idx: torch.Tensor, n_clients: int, scheme: str
+) -> np.ndarray:
     """The training indices as a numpy array, once scheme, indices and n_clients are valid."""
     if scheme not in PARTITION_SCHEMES:
         raise ValueError(f"partition scheme '{scheme}' is unknown (accepted: {', '.join(PARTITION_SCHEMES)})")

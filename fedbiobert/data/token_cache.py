@@ -114,6 +114,7 @@ def _check_arguments(files: list[Path], tokenizer, max_len: int) -> None:
 def _cache_key(file: Path, tokenizer_id: str, max_len: int, label_suffix: str | None) -> str:
     label_file = sidecar_path(file, label_suffix)
     identity = {
+        "name": file.name,  # the name is stored as the unit of unlabelled blocks
         "file": file_sha256(file),
         "labels": file_sha256(label_file) if label_file else None,
         "tokenizer": tokenizer_id,

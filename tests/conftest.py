@@ -1,6 +1,7 @@
 """Shared fixtures: paths to the real shared data, and small corpora sliced from it."""
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FEDBIOBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 PRETRAIN = SHARED_DATA / "pretrain"
 SCIVOCAB = SHARED_DATA / "vocab" / "scivocab_uncased.txt"
+
+
+def copy_head(name: str, dest: Path, num_lines: int) -> Path:
+    """Copy the first `num_lines` raw lines of a real pretrain file to `dest` (a tmp path)."""
+    with open(PRETRAIN / name, encoding="utf-8", newline="") as handle:
+        lines = list(itertools.islice(handle, num_lines))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(lines), encoding="utf-8", newline="")
+    return dest
 
 
 def slice_corpus(target: Path, lines_per_file: dict[str, int]) -> Path:

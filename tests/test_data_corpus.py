@@ -1,24 +1,14 @@
 """Tests of fedbiobert.data.corpus: listing corpus files, reading .txt/.jsonl documents with
 sidecar labels, bad-input errors and the corpus fingerprint. Reads slices of the real data."""
-import itertools
 import json
 from pathlib import Path
 
 import pytest
 
 from fedbiobert.data.corpus import Document, corpus_fingerprint, list_corpus_files, read_documents
+from tests.conftest import PRETRAIN, copy_head
 
-PRETRAIN = Path("/work/shared/data/pretrain")
 NOTES = "clinical_mtsamples_notes"
-
-
-def copy_head(name: str, dest: Path, num_lines: int) -> Path:
-    """Copy the first ``num_lines`` raw lines of a real pretrain file to ``dest``."""
-    with open(PRETRAIN / name, encoding="utf-8", newline="") as handle:
-        lines = list(itertools.islice(handle, num_lines))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text("".join(lines), encoding="utf-8", newline="")
-    return dest
 
 
 def raw_lines(path: Path) -> list[str]:

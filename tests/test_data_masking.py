@@ -1,12 +1,12 @@
 """Tests of fedbiobert.data.masking on hand-built tensors: which positions get labels, the
 80/10/10 split, determinism, never touching special/pad tokens, and spec validation."""
-from pathlib import Path
 
 import pytest
 import torch
 
 from fedbiobert.data.masking import IGNORE_INDEX, MaskingSpec, mask_tokens
 from fedbiobert.data.tokenizer import build_tokenizer
+from tests.conftest import SCIVOCAB
 
 PAD, CLS, SEP, MASK, UNK = 0, 1, 2, 3, 4
 VOCAB = 50
@@ -97,8 +97,8 @@ def test_spec_validation(kwargs, message):
 
 
 def test_spec_from_real_scivocab_tokenizer(tmp_path):
-    tokenizer = build_tokenizer("bert", "/work/shared/data/vocab/scivocab_uncased.txt", [], tmp_path)
-    lines = Path("/work/shared/data/vocab/scivocab_uncased.txt").read_text(encoding="utf-8").split("\n")
+    tokenizer = build_tokenizer("bert", str(SCIVOCAB), [], tmp_path)
+    lines = SCIVOCAB.read_text(encoding="utf-8").split("\n")
     spec = MaskingSpec.from_tokenizer(tokenizer, mlm_probability=0.2)
     assert spec.mask_token_id == lines.index("[MASK]")
     assert spec.vocab_size == 31090

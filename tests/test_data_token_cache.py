@@ -1,8 +1,6 @@
 """Tests of fedbiobert.data.token_cache: block packing (hand-computed), packing of real text
 slices with sidecar units, and the per-file cache (reuse, invalidation, damaged files)."""
-import itertools
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,19 +10,10 @@ from fedbiobert.data import token_cache
 from fedbiobert.data.corpus import read_documents
 from fedbiobert.data.token_cache import TokenizedCorpus, load_or_build_token_cache, pack_documents
 from fedbiobert.data.tokenizer import build_tokenizer
+from tests.conftest import SCIVOCAB, copy_head
 
-PRETRAIN = Path("/work/shared/data/pretrain")
-SCIVOCAB = Path("/work/shared/data/vocab/scivocab_uncased.txt")
 NOTES = "clinical_mtsamples_notes"
 MAX_LEN = 64
-
-
-def copy_head(name: str, dest: Path, num_lines: int) -> Path:
-    with open(PRETRAIN / name, encoding="utf-8", newline="") as handle:
-        lines = list(itertools.islice(handle, num_lines))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text("".join(lines), encoding="utf-8", newline="")
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """Tests of fedbiobert.data.tokenizer: loading the real SciBERT vocab or a saved folder,
 training small BERT/RoBERTa tokenizers on real text slices, their cache and fingerprint."""
-import itertools
 import logging
-from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -11,18 +9,9 @@ from transformers import PreTrainedTokenizerFast
 from fedbiobert.data.tokenizer import (
     MODEL_MAX_LENGTH, _save_atomically, build_tokenizer, tokenizer_fingerprint,
 )
+from tests.conftest import SCIVOCAB, copy_head
 
-PRETRAIN = Path("/work/shared/data/pretrain")
-SCIVOCAB = Path("/work/shared/data/vocab/scivocab_uncased.txt")
 VOCAB_SIZE = 2000
-
-
-def copy_head(name: str, dest: Path, num_lines: int) -> Path:
-    with open(PRETRAIN / name, encoding="utf-8", newline="") as handle:
-        lines = list(itertools.islice(handle, num_lines))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text("".join(lines), encoding="utf-8", newline="")
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,8 @@ from fedbiobert.model.split import (
 )
 
 __all__ = [
-    "ARCHS", "HEAD_PLACEMENTS", "aliased_keys", "load_unique_state", "unique_state", "IGNORE_INDEX", "AuxMLMHead", "ClientModel", "ModelSpec", "ServerModel",
+    "ARCHS", "HEAD_PLACEMENTS", "aliased_keys", "load_unique_state", "unique_state",
+    "IGNORE_INDEX", "AuxMLMHead", "ClientModel", "ModelSpec", "ServerModel",
     "arch_of", "build_config", "build_full_model", "build_joined_model", "client_state_keys",
     "extended_attention_mask", "full_mlm_loss", "gather_masked", "join_state_dicts", "load_full_model",
     "masked_positions", "masked_targets", "mlm_loss", "num_layers_of", "split_model",

@@ -62,3 +62,27 @@ def test_bad_option_fails_before_any_work_and_writes_nothing(tmp_path, small_cor
     assert result.returncode != 0
     assert "--participation_ratio 1.5 is outside (0, 1]" in result.stderr
     assert not output.exists()
+
+
+def test_private_embeddings_and_init_from_a_previous_export(tmp_path, small_corpus, cache_dir):
+    """--fedavg_embedding_head False keeps embeddings/heads per silo (in the checkpoint); a new run
+    can then start from the exported model and its tokenizer (--init_from, --tokenizer)."""
+    first = tmp_path / "first"
+    args = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "1", "--n_clients", "3",
+            "--n_comm_rounds", "2", "--num_batch", "3", "--data_dir", str(small_corpus)]
+    result = torchrun(3, [*args, "--fedavg_embedding_head", "False", "--output_dir", str(first)], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(first / "checkpoint" / "state.pt", weights_only=False)
+    assert sorted(state["private_states"]) == [0, 1, 2]
+    embedding = "bert.embeddings.word_embeddings.weight"
+    assert all(not key.startswith("bert.encoder.") for key in state["private_states"][0])  # layers are averaged
+    silos = [state["private_states"][cid][embedding] for cid in range(3)]
+    assert not torch.equal(silos[0], silos[1])  # each silo trained its own embeddings
+
+    second = tmp_path / "second"
+    result = torchrun(3, [*args, "--init_from", str(first / "round2"), "--tokenizer", str(first / "round2"),
+                          "--output_dir", str(second)], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rounds = _rounds(second)
+    assert rounds[0]["val_loss"] < _rounds(first)[0]["val_loss"]  # it did start from trained weights
+    _check_export(second / "round2")

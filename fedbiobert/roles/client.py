@@ -59,7 +59,7 @@ class ClientProcess(RoleProcess):
 
     def _train_client(self, client_id: int, round_idx: int) -> None:
         config = self.config
-        seed_torch(config.manual_seed, "client-dropout", round_idx, client_id)
+        seed_torch(config.manual_seed, "client-dropout", round_idx, client_id, self._process_salt())
         self.model.train()
         trainer = self.algorithm.client_trainer(self.model, self.channel, self.server_rank, client_id, round_idx)
         started = time.time()
@@ -71,6 +71,10 @@ class ClientProcess(RoleProcess):
         for result in trainer.finish():
             self._record(result, round_idx)
         logger.debug("client %d round %d trained in %.2fs", client_id, round_idx + 1, time.time() - started)
+
+    def _process_salt(self) -> int:
+        """--same_seed_process False gives every process its own dropout stream."""
+        return 0 if self.config.same_seed_process else self.rank
 
     def _batches(self, client_id: int, round_idx: int, local_round: int):
         config = self.config

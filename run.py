@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, launch, resume = check_config(argv)
     except ConfigError as error:
-        print(f"run.py: error: {error}", file=sys.stderr)
+        if launch_info_from_env().local_rank == 0:  # every rank fails alike: say it once per node
+            print(f"run.py: error: {error}", file=sys.stderr)
         return 2
-    topology = Topology(launch.world_size, config.num_device, config.n_clients, config.clients_per_round,
+    topology = Topology(launch.world_size, config.num_servers, config.n_clients, config.clients_per_round,
                         config.manual_seed)
     setup_logging(rank, topology.role(rank).value)
     groups = init_distributed(launch, topology, config.on_cuda, config.comm_timeout)

@@ -14,6 +14,7 @@ import collections
 import datetime
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -77,7 +78,8 @@ def init_distributed(launch: LaunchInfo, topology: Topology, on_cuda: bool, time
                                    timeout=timeout)
             for server in topology.server_ranks}
     clients = dist.new_group(topology.client_ranks, backend=backend, timeout=timeout)
-    servers = dist.new_group(topology.server_ranks, backend=backend, timeout=timeout)
+    # new_group([]) would mean "every rank": a world without servers has no server group.
+    servers = dist.new_group(topology.server_ranks, backend=backend, timeout=timeout) if topology.num_servers else None
     return ProcessGroups(backend, cpu, link, clients, servers)
 
 
@@ -101,6 +103,12 @@ class ByteCounter:
         self.header[direction] += HEADER_BYTES
         self.messages[(direction, message.kind.name)] += 1
 
+    def add_model_exchange(self, direction: str, nbytes: int) -> None:
+        """FedAvg traffic: a client part uploaded to / downloaded from the aggregator (an all-reduce
+        here, one transfer each way per trained silo in a real deployment)."""
+        self.payload[(direction, "STATE")] += nbytes
+        self.messages[(direction, "STATE")] += 1
+
     def total(self, direction: str) -> int:
         payload = sum(value for (way, _), value in self.payload.items() if way == direction)
         return payload + self.header[direction]
@@ -111,6 +119,28 @@ class ByteCounter:
         return flat
 
 
+class LinkModel:
+    """An emulated WAN link per direction: a message of n bytes occupies the link for n / bandwidth
+    after the previous one, then arrives `latency` later. The sender stamps the delivery time in the
+    header and carries on; the receiver holds the message until then, so whatever an algorithm
+    overlaps with communication stays overlapped. Clocks are those of one machine (or NTP)."""
+
+    def __init__(self, bandwidth_mbps: float | None, latency_ms: float):
+        self.bytes_per_second = bandwidth_mbps * 1e6 / 8 if bandwidth_mbps else None
+        self.latency = latency_ms / 1000.0
+        self.busy_until: dict[int, float] = collections.defaultdict(float)
+
+    def transfer_seconds(self, nbytes: int) -> float:
+        serialisation = nbytes / self.bytes_per_second if self.bytes_per_second else 0.0
+        return serialisation + self.latency
+
+    def delivery_time(self, dst: int, nbytes: int, now: float) -> float:
+        start = max(now, self.busy_until[dst])
+        serialisation = nbytes / self.bytes_per_second if self.bytes_per_second else 0.0
+        self.busy_until[dst] = start + serialisation
+        return start + serialisation + self.latency
+
+
 class Channel:
     """Messages between this process and the peers of one link group (a server and its clients).
 
@@ -119,8 +149,10 @@ class Channel:
     """
 
     def __init__(self, rank: int, header_group, data_group, device: torch.device, timeout_s: float,
-                 describe: Callable[[int], str]):
+                 describe: Callable[[int], str], link: LinkModel | None = None):
         self.rank = rank
+        self.link = link
+        self.seconds = {"wait": 0.0, "comm": 0.0}  # blocked in recv / posting and flushing sends
         self.header_group = header_group
         self.data_group = data_group
         self.device = device
@@ -131,23 +163,37 @@ class Channel:
 
     def send(self, message: Message, dst: int) -> None:
         """Non-blocking: posts the header and the tensors; `flush` waits for them."""
+        started = time.perf_counter()
         tensors = [tensor.detach().contiguous() for tensor in message.tensors]
         message.tensors = tensors
+        if self.link is not None:
+            message.deliver_at = self.link.delivery_time(dst, message.payload_bytes + HEADER_BYTES, time.time())
         header = encode_header(message)
         works = [dist.isend(header, dst, group=self.header_group)]
         works += [dist.isend(tensor, dst, group=self.data_group) for tensor in tensors]
         self._pending.append((works, [header] + tensors, dst))
         self.bytes.add("sent", message)
+        self.seconds["comm"] += time.perf_counter() - started
 
     def flush(self, max_pending: int = 0) -> None:
         """Wait for the oldest sends until at most `max_pending` remain in flight."""
+        started = time.perf_counter()
         while len(self._pending) > max_pending:
             works, _, dst = self._pending.popleft()
             for work in works:
                 self._wait(work, f"delivery of a message to {self.describe(dst)}")
+        self.seconds["comm"] += time.perf_counter() - started
 
     def recv(self, src: int | None = None) -> Message:
         """Blocking receive of the next message from `src`, or from any peer of the group if None."""
+        started = time.perf_counter()
+        message = self._recv(src)
+        if message.deliver_at:  # emulated link: hold the message until it would have arrived
+            time.sleep(max(0.0, message.deliver_at - time.time()))
+        self.seconds["wait"] += time.perf_counter() - started
+        return message
+
+    def _recv(self, src: int | None) -> Message:
         header = torch.empty(HEADER_LEN, dtype=torch.int64)
         work = dist.irecv(header, src=src, group=self.header_group)
         expected = self.describe(src) if src is not None else "any client of this server"
@@ -177,10 +223,11 @@ class Channel:
 def link_channel(session, server_rank: int) -> Channel:
     """The channel between `server_rank` and its client processes: headers over their gloo link
     group, payload over that group too on CPUs, or over the NCCL world group on GPUs."""
-    groups = session.groups
+    groups, config = session.groups, session.config
     data_group = groups.link[server_rank] if groups.data_backend == "gloo" else None
+    link = LinkModel(config.link_bandwidth_mbps, config.link_latency_ms) if config.link else None
     return Channel(session.rank, groups.link[server_rank], data_group, session.device,
-                   session.config.comm_timeout, session.topology.describe)
+                   config.comm_timeout, session.topology.describe, link)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,7 +21,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-ALGORITHMS = ("fedbiobert",)
+ALGORITHMS = ("fedbiobert", "fedbert", "fedavg", "centralized")
+SPLIT_ALGORITHMS = ("fedbiobert", "fedbert")  # the others train the full model on clients, with no server
+SERVER_SCHEDULES = ("parallel", "sequential")
+CLIENT_SEEDS = ("distinct", "shared")
 ARCHS = ("bert", "roberta")
 HEAD_PLACEMENTS = ("client", "server")
 PARTITION_SCHEMES = ("random", "by_file", "dirichlet", "label")
@@ -43,7 +46,9 @@ def _opt(default: Any, help: str, aliases: tuple[str, ...] = (), choices: tuple 
 @dataclass(frozen=True)
 class Config:
     # --- what is trained -------------------------------------------------------------------
-    algorithm: str = _opt("fedbiobert", "training algorithm", choices=ALGORITHMS, group="model")
+    algorithm: str = _opt("fedbiobert", "fedbiobert (local loss, async server); fedbert (split learning that "
+                          "waits for the server's gradient every step); fedavg (full model on every client); "
+                          "centralized (one process, all data)", choices=ALGORITHMS, group="model")
     arch: str = _opt("bert", "model family", choices=ARCHS, group="model")
     num_client_encoder: int = _opt(6, "encoder layers on the client (the cut)", group="model")
     num_server_encoder: int = _opt(6, "encoder layers on the server", group="model")
@@ -70,8 +75,15 @@ class Config:
     fedavg_server_model: bool = _opt(True, "average the server replicas each round", group="federation")
     fl_aggregate: str = _opt("scheme=federated_average", "aggregation: scheme=federated_average"
                              "[,weighting=samples|uniform]", group="federation")
-    num_device: int = _opt(1, "server processes (the first ranks)", aliases=("num_servers",),
-                           group="federation")
+    num_device: int | None = _opt(None, "server processes, the first ranks (default: 1 for fedbiobert and "
+                                  "fedbert, 0 for fedavg and centralized)", aliases=("num_servers",),
+                                  group="federation")
+    server_schedule: str = _opt("parallel", "fedbert: one server replica per client process (parallel) or one "
+                                "shared server that client processes take turns with (sequential)",
+                                choices=SERVER_SCHEDULES, group="federation")
+    client_seeds: str = _opt("distinct", "distinct: each silo its own sampling/masking/dropout seeds; shared: "
+                             "the same for every silo (controlled experiments)", choices=CLIENT_SEEDS,
+                             group="federation")
     comm_dtype: str = _opt("fp32", "dtype of activations and gradients on the wire", choices=COMM_DTYPES,
                            group="federation")
     max_inflight: int = _opt(4, "batches a client may run ahead of its server (client-head mode)",
@@ -111,11 +123,30 @@ class Config:
     # --- devices and transport ----------------------------------------------------------------
     on_cuda: bool = _opt(False, "use CUDA GPUs and NCCL", group="device")
     gpu_ids: str | None = _opt(None, "comma-separated GPU id per local process, e.g. 0,1,2", group="device")
+    link_bandwidth_mbps: float | None = _opt(None, "emulate a WAN link of this many Mbit/s between each client "
+                                             "and its server (off by default)", group="device")
+    link_latency_ms: float = _opt(0.0, "one-way latency of the emulated link, in ms", group="device")
     comm_timeout: float = _opt(600.0, "seconds any wait for a peer may take", group="device")
     num_threads: int | None = _opt(None, "torch CPU threads per process (default: cores / local processes)",
                                    group="device")
 
     # ---------------------------------------------------------------------------------------
+    @property
+    def is_split(self) -> bool:
+        return self.algorithm in SPLIT_ALGORITHMS
+
+    @property
+    def num_servers(self) -> int:
+        if self.num_device is not None:
+            return self.num_device
+        return 1 if self.is_split else 0
+
+    @property
+    def link(self) -> dict | None:
+        if self.link_bandwidth_mbps is None and not self.link_latency_ms:
+            return None
+        return {"bandwidth_mbps": self.link_bandwidth_mbps, "latency_ms": self.link_latency_ms}
+
     @property
     def num_layers(self) -> int:
         return self.num_client_encoder + self.num_server_encoder
@@ -293,10 +324,13 @@ def validate_static(config: Config) -> None:
 
 
 def _validate_counts(config: Config) -> None:
-    for name in ("n_clients", "n_comm_rounds", "n_local_rounds", "num_batch", "batch_size",
-                 "max_inflight", "num_device"):
+    for name in ("n_clients", "n_comm_rounds", "n_local_rounds", "num_batch", "batch_size", "max_inflight"):
         value = getattr(config, name)
         _require(value >= 1, f"--{name} {value} must be at least 1")
+    _validate_servers(config)
+    if config.link_bandwidth_mbps is not None:
+        _require(config.link_bandwidth_mbps > 0, f"--link_bandwidth_mbps {config.link_bandwidth_mbps} must be positive")
+    _require(config.link_latency_ms >= 0, f"--link_latency_ms {config.link_latency_ms} must be 0 or more")
     _require(0 < config.participation_ratio <= 1,
              f"--participation_ratio {config.participation_ratio} is outside (0, 1]")
     _require(config.num_workers >= 0, f"--num_workers {config.num_workers} must be 0 or more")
@@ -321,12 +355,30 @@ def _validate_optimisation(config: Config) -> None:
     _require(config.weight_decay >= 0, f"--weight_decay {config.weight_decay} must be 0 or more")
 
 
+def _validate_servers(config: Config) -> None:
+    if config.is_split:
+        _require(config.num_servers >= 1,
+                 f"--num_device {config.num_device} must be at least 1 for --algorithm {config.algorithm}")
+    else:
+        _require(config.num_servers == 0, f"--num_device {config.num_device} must be 0 for --algorithm "
+                 f"{config.algorithm} (it has no server processes)")
+    if config.algorithm == "centralized":
+        _require(config.n_clients == 1, f"--n_clients {config.n_clients} must be 1 for --algorithm centralized "
+                 "(one process trains on all the data)")
+
+
 def _validate_model_shape(config: Config) -> None:
-    _require(config.num_client_encoder >= 1,
-             f"--num_client_encoder {config.num_client_encoder} must be at least 1 for fedbiobert "
-             "(the auxiliary loss trains client encoder layers)")
-    _require(config.num_server_encoder >= 1,
-             f"--num_server_encoder {config.num_server_encoder} must be at least 1 for fedbiobert")
+    minimum_client = {"fedbiobert": 1, "fedbert": 0}.get(config.algorithm, 0)
+    _require(config.num_client_encoder >= minimum_client,
+             f"--num_client_encoder {config.num_client_encoder} must be at least {minimum_client} for "
+             f"--algorithm {config.algorithm}" + (" (the auxiliary loss trains client encoder layers)"
+                                                  if config.algorithm == "fedbiobert" else ""))
+    minimum_server = 1 if config.is_split else 0
+    _require(config.num_server_encoder >= minimum_server,
+             f"--num_server_encoder {config.num_server_encoder} must be at least {minimum_server} for "
+             f"--algorithm {config.algorithm}")
+    _require(config.num_layers >= 1, "the model needs at least one encoder layer "
+             "(--num_client_encoder + --num_server_encoder)")
     _require(config.max_len >= 8, f"--max_len {config.max_len} must be at least 8")
     if config.init_from is None:
         for name in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
@@ -338,13 +390,23 @@ def _validate_model_shape(config: Config) -> None:
 
 def validate_world(config: Config, world_size: int, local_world_size: int, cuda_available: bool) -> None:
     """Checks that depend on how many processes were launched and what devices exist."""
-    num_client_processes = world_size - config.num_device
+    servers = config.num_servers
+    num_client_processes = world_size - servers
     _require(num_client_processes >= 1,
-             f"--num_device {config.num_device} server processes leave no client process in a world of "
-             f"{world_size} (launch at least {config.num_device + 1} processes)")
-    _require(num_client_processes >= config.num_device,
-             f"--num_device {config.num_device} server processes but only {num_client_processes} client "
+             f"--num_device {servers} server processes leave no client process in a world of "
+             f"{world_size} (launch at least {servers + 1} processes)")
+    _require(num_client_processes >= servers,
+             f"--num_device {servers} server processes but only {num_client_processes} client "
              f"process(es): every server needs at least one client process (world size {world_size})")
+    if config.algorithm == "centralized":
+        _require(world_size == 1, f"--algorithm centralized runs on 1 process, not {world_size}")
+    if config.algorithm == "fedbert" and config.server_schedule == "parallel":
+        _require(num_client_processes == servers,
+                 f"fedbert with --server_schedule parallel needs one server replica per client process: "
+                 f"--num_device {servers} but {num_client_processes} client processes (world size {world_size})")
+    if config.algorithm == "fedbert" and config.server_schedule == "sequential":
+        _require(servers == 1, f"fedbert with --server_schedule sequential has one shared server: "
+                 f"--num_device {servers} must be 1")
     _require(num_client_processes <= config.n_clients,
              f"{num_client_processes} client processes but --n_clients {config.n_clients}: a process "
              "would have no silo (launch fewer processes or raise --n_clients)")

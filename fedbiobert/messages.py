@@ -6,7 +6,8 @@ take headers from any client before it knows the payload's size.
 
 Header layout (int64 slots):
     0 magic  1 kind  2 client_id  3 round  4 step  5 control  6 scalar0 (f64 bits)  7 scalar1
-    8 num_tensors  9.. per tensor: dtype code, ndim, MAX_DIMS dims
+    8 deliver_at (f64 bits: emulated-link delivery time, 0 = now)  9 num_tensors
+    10.. per tensor: dtype code, ndim, MAX_DIMS dims
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 MAGIC = 0xFEDB10
 MAX_TENSORS = 4
 MAX_DIMS = 4
-_FIXED_SLOTS = 9
+_FIXED_SLOTS = 10
 _SLOTS_PER_TENSOR = 2 + MAX_DIMS
 HEADER_LEN = _FIXED_SLOTS + MAX_TENSORS * _SLOTS_PER_TENSOR
 HEADER_BYTES = HEADER_LEN * 8
@@ -33,7 +34,8 @@ _DTYPE_CODE = {dtype: code for code, dtype in enumerate(_DTYPES)}
 class Kind(IntEnum):
     ACTIVATION = 1  # client -> server: hidden states at the cut (+ what the server needs to use them)
     OUTPUT = 2      # server -> client: server-side hidden states at masked positions (client-head mode)
-    GRAD = 3        # client -> server: gradient of the final loss w.r.t. OUTPUT
+    GRAD = 3        # gradient of the final loss: w.r.t. OUTPUT (client -> server), or w.r.t. the
+                    # ACTIVATION (server -> client, fedbert only)
     STATE = 4       # model weights
     CONTROL = 5     # round boundaries and termination
 
@@ -41,7 +43,6 @@ class Kind(IntEnum):
 class Control(IntEnum):
     NONE = 0
     ROUND_DONE = 1  # client process -> its server: no more messages from me this round
-    ABORT = 2       # any -> peers: I am failing; stop waiting for me
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Message:
     control: Control = Control.NONE
     scalars: tuple[float, float] = (math.nan, math.nan)
     tensors: list[torch.Tensor] = field(default_factory=list)
+    deliver_at: float = 0.0  # set by an emulated link: the receiver holds the message until then
     source: int = -1  # filled in by the receiver
 
     @property
@@ -73,7 +75,7 @@ def encode_header(message: Message) -> torch.Tensor:
         raise ValueError(f"a message carries at most {MAX_TENSORS} tensors, got {len(message.tensors)}")
     slots = [MAGIC, int(message.kind), message.client_id, message.round, message.step,
              int(message.control), _float_bits(message.scalars[0]), _float_bits(message.scalars[1]),
-             len(message.tensors)]
+             _float_bits(message.deliver_at), len(message.tensors)]
     for tensor in message.tensors:
         if tensor.dim() > MAX_DIMS:
             raise ValueError(f"a tensor on the wire has at most {MAX_DIMS} dims, got shape {tuple(tensor.shape)}")
@@ -89,9 +91,10 @@ def decode_header(header: torch.Tensor) -> tuple[Message, list[tuple[torch.dtype
     if slots[0] != MAGIC:
         raise ValueError(f"not a FedBioBERT message header (magic {slots[0]:#x})")
     message = Message(kind=Kind(slots[1]), client_id=slots[2], round=slots[3], step=slots[4],
-                      control=Control(slots[5]), scalars=(_bits_float(slots[6]), _bits_float(slots[7])))
+                      control=Control(slots[5]), scalars=(_bits_float(slots[6]), _bits_float(slots[7])),
+                      deliver_at=_bits_float(slots[8]))
     specs = []
-    for index in range(slots[8]):
+    for index in range(slots[9]):
         base = _FIXED_SLOTS + index * _SLOTS_PER_TENSOR
         ndim = slots[base + 1]
         specs.append((_DTYPES[slots[base]], tuple(slots[base + 2: base + 2 + ndim])))

@@ -5,8 +5,11 @@ without talking to anyone, so nothing else in the code base does rank arithmetic
 
 Layout of a world of W processes with S servers (`--num_device S`):
 
-    ranks 0 .. S-1     server processes (rank 0 also writes checkpoints and shows progress)
+    ranks 0 .. S-1     server processes
     ranks S .. W-1     client processes; client process p (p = rank - S) is served by server p % S
+
+Rank 0 also writes checkpoints and shows progress. Algorithms without a server (fedavg,
+centralized) have S = 0: every rank is a client process.
 
 Logical clients (silos) have a fixed home process: client `client_id` lives on client process
 `client_id % P` (P = W - S), as a hospital's data lives on its own machine. Each round samples
@@ -34,8 +37,8 @@ class Topology:
     seed: int
 
     def __post_init__(self) -> None:
-        if not 1 <= self.num_servers < self.world_size:
-            raise ValueError(f"num_servers {self.num_servers} must be in [1, world_size={self.world_size})")
+        if not 0 <= self.num_servers < self.world_size:
+            raise ValueError(f"num_servers {self.num_servers} must be in [0, world_size={self.world_size})")
         if self.num_client_processes > self.n_clients:
             raise ValueError(f"{self.num_client_processes} client processes exceed n_clients {self.n_clients}")
         if not 1 <= self.clients_per_round <= self.n_clients:
@@ -62,7 +65,10 @@ class Topology:
         """'server rank 0' / 'client rank 2': used in every error message naming a peer."""
         return f"{self.role(rank).value} rank {rank}"
 
-    def server_of(self, client_rank: int) -> int:
+    def server_of(self, client_rank: int) -> int | None:
+        """The server rank of a client process (None when the algorithm has no servers)."""
+        if self.num_servers == 0:
+            return None
         return self._client_process_index(client_rank) % self.num_servers
 
     def client_ranks_of(self, server_rank: int) -> list[int]:

@@ -5,45 +5,27 @@ the masked positions: never token ids or labels. Server-head mode: the labels of
 positions are sent too (documented); token ids still never are.
 """
 import json
-import types
 
 import pytest
 import torch
 
-from fedbiobert.algorithms.fedbiobert import FedBioBERT
-from fedbiobert.comm import Channel, init_distributed, launch_info_from_env, shutdown
-from fedbiobert.config import Config
-from fedbiobert.data import MaskingSpec, build_tokenizer, client_batches, list_corpus_files, load_or_build_token_cache
+from fedbiobert.comm import shutdown
 from fedbiobert.messages import Control, Kind, Message
-from fedbiobert.model import ModelSpec, build_config, build_full_model, masked_positions
-from fedbiobert.optim import Schedule
-from fedbiobert.topology import Topology
-from tests.conftest import SCIVOCAB
+from fedbiobert.model import masked_positions
 from tests.distributed import run_processes
+from tests.split_setup import build_split, two_process_channel
 
 STEPS = 4
 
 
 def _setup(head_placement, corpus_dir, cache_dir):
-    config = Config(head_placement=head_placement, num_client_encoder=1, num_server_encoder=1, max_inflight=2,
-                    max_len=32, batch_size=3, num_batch=STEPS)
-    files = list_corpus_files(corpus_dir)
-    tokenizer = build_tokenizer("bert", str(SCIVOCAB), files, cache_dir)
-    corpus = load_or_build_token_cache(files, tokenizer, config.max_len, cache_dir)
-    spec = ModelSpec("bert", len(tokenizer), 32, 2, 64, 2, config.max_len, tokenizer.pad_token_id)
-    algorithm = FedBioBERT(types.SimpleNamespace(config=config, schedule=Schedule(STEPS, 0.0, 1e-3, 0.0)))
-    client, server = algorithm.split(build_full_model(build_config(spec), seed=0))
-    batches = list(client_batches(corpus, torch.arange(len(corpus)), 3, STEPS,
-                                  MaskingSpec.from_tokenizer(tokenizer), seed=1))
+    algorithm, client, server, batches, _ = build_split(corpus_dir, cache_dir, STEPS, head_placement=head_placement)
     return algorithm, client, server, batches
 
 
 def _worker(rank, world_size, head_placement, corpus_dir, cache_dir, out_dir):
     algorithm, client, server, batches = _setup(head_placement, corpus_dir, cache_dir)
-    launch = launch_info_from_env()
-    topology = Topology(2, 1, 1, 1, 0)
-    groups = init_distributed(launch, topology, on_cuda=False, timeout_s=60)
-    channel = Channel(rank, groups.link[0], groups.link[0], torch.device("cpu"), 30, topology.describe)
+    channel = two_process_channel()
     if rank == 0:
         trainer = algorithm.server_trainer(server, channel, 0)
         received = []

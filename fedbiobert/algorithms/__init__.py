@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from fedbiobert.algorithms.base import Algorithm, ClientTrainer, ServerTrainer, StepResult
+from fedbiobert.algorithms.fedavg import Centralized, FedAvg
+from fedbiobert.algorithms.fedbert import FedBERT
 from fedbiobert.algorithms.fedbiobert import FedBioBERT
 
 REGISTRY: dict[str, type[Algorithm]] = {
     FedBioBERT.name: FedBioBERT,
+    FedBERT.name: FedBERT,
+    FedAvg.name: FedAvg,
+    Centralized.name: Centralized,
 }
 
 

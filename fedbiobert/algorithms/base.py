@@ -34,8 +34,12 @@ class Stepper:
         self.optimizer = build_optimizer(module.named_parameters(), weight_decay)
         self.schedule = schedule
         self.max_grad_norm = max_grad_norm
+        self.before_step: list = []  # callables(module) run with the raw gradients (tests, diagnostics)
+        self.module = module
 
     def step(self, global_step: int) -> None:
+        for hook in self.before_step:
+            hook(self.module)
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
         set_learning_rate(self.optimizer, self.schedule(global_step))
@@ -74,6 +78,7 @@ class ServerTrainer(ABC):
 
 class Algorithm(ABC):
     name: str = ""
+    server_takes_turns: bool = False  # True: a server serves its client processes one at a time
 
     def __init__(self, session):
         self.session = session
@@ -94,6 +99,13 @@ class Algorithm(ABC):
     @abstractmethod
     def server_trainer(self, model, channel, round_idx: int) -> ServerTrainer:
         ...
+
+
+def expect(message, kind, step: int, peer: int) -> None:
+    """A blocking receive got what the protocol says comes next, or a clear error."""
+    if message.kind is not kind or message.step != step:
+        raise RuntimeError(f"protocol error: expected {kind.name} of step {step} from rank {peer}, "
+                           f"got {message.kind.name} of step {message.step}")
 
 
 def loss_value(loss: torch.Tensor) -> float:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, ServerTrainer, Stepper, StepResult,
+from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, ServerTrainer, Stepper, StepResult, expect,
                                         loss_value)
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
@@ -96,7 +96,7 @@ class FedBioBERTClient(ClientTrainer):
         while len(self.awaited) > keep:
             awaited = self.awaited.popleft()
             message = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
-            _expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
+            expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
             server_hidden = message.tensors[0].float().requires_grad_()
             final_loss = mlm_loss(self.model.final_logits(server_hidden), awaited.targets)
             final_loss.backward()  # grads for the client's final head, and d loss / d server_hidden
@@ -188,12 +188,6 @@ class FedBioBERT(Algorithm):
 
     def server_trainer(self, model, channel, round_idx) -> FedBioBERTServer:
         return FedBioBERTServer(self, model, channel, round_idx)
-
-
-def _expect(message: Message, kind: Kind, step: int, peer: int) -> None:
-    if message.kind is not kind or message.step != step:
-        raise RuntimeError(f"protocol error: expected {kind.name} of step {step} from rank {peer}, "
-                           f"got {message.kind.name} of step {message.step}")
 
 
 def _mean_or_none(values: list[float]) -> float | None:

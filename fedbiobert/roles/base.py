@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
+
+from fedbiobert.comm import ByteCounter
 
 from fedbiobert.roles.round_end import ByteDelta, RoundPiece, RoundWriter
 
@@ -19,11 +22,22 @@ class RoleProcess(ABC):
         self.byte_delta = ByteDelta()
         self.writer = RoundWriter(session) if self.rank == 0 else None
         self.current_round = session.start_round
+        self.channel = None  # set by a role that talks to peers
+        self._local_bytes = ByteCounter()  # used when there is no channel (fedavg, centralized)
+        self.extra_comm_seconds = 0.0  # emulated model-exchange transfers (not in the channel)
+        self._round_seconds = 0.0
+        self._seconds_before = {"wait": 0.0, "comm": 0.0}
+
+    @property
+    def byte_counter(self) -> ByteCounter:
+        return self._local_bytes if self.channel is None else self.channel.bytes
 
     def run(self) -> None:
         for round_idx in range(self.session.start_round, self.config.last_round):
             self.current_round = round_idx
+            started = time.perf_counter()
             self.train_round(round_idx)
+            self._round_seconds = time.perf_counter() - started
             self.end_round(round_idx)
 
     @abstractmethod
@@ -34,9 +48,20 @@ class RoleProcess(ABC):
     def round_piece(self) -> RoundPiece:
         """What this process contributes to rank 0's round report."""
 
+    def time_breakdown(self) -> dict[str, float]:
+        """This round's seconds: blocked on peers (wait), sending (comm), and the rest (compute)."""
+        totals = dict(self.channel.seconds) if self.channel is not None else {"wait": 0.0, "comm": 0.0}
+        totals["comm"] += self.extra_comm_seconds
+        delta = {key: totals[key] - self._seconds_before[key] for key in totals}
+        self._seconds_before = totals
+        delta["compute"] = max(0.0, self._round_seconds - delta["wait"] - delta["comm"])
+        delta["elapsed"] = self._round_seconds
+        return delta
+
     def end_round(self, round_idx: int) -> None:
         piece = self.round_piece()
-        piece.bytes_sent, piece.bytes_received = self.byte_delta.take(self.channel.bytes)
+        piece.seconds = self.time_breakdown()
+        piece.bytes_sent, piece.bytes_received = self.byte_delta.take(self.byte_counter)
         pieces = self.session.collectives.gather_to_rank0(piece)  # every rank calls, once per round
         if self.writer is not None:
             self.writer.write(round_idx, pieces)

@@ -12,7 +12,7 @@ import logging
 import time
 
 from fedbiobert.aggregate import WeightedSum
-from fedbiobert.comm import link_channel
+from fedbiobert.comm import LinkModel, link_channel
 from fedbiobert.data import client_batches
 from fedbiobert.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
@@ -36,30 +36,46 @@ class ClientProcess(RoleProcess):
         self.federated_keys = algorithm.federated_client_keys(self.model)
         self.global_state = cpu_state(unique_state(self.model))  # no aliases: see unique_state
         self.private_states: dict[int, dict] = {}
-        self.server_rank = self.topology.server_of(self.rank)
-        self.channel = link_channel(session, self.server_rank)
+        self.server_rank = self.topology.server_of(self.rank)  # None: no server (fedavg, centralized)
+        if self.server_rank is not None:
+            self.channel = link_channel(session, self.server_rank)
+        self.link = LinkModel(self.config.link_bandwidth_mbps, self.config.link_latency_ms) if self.config.link else None
         self.events = EventLog(self.rank, "client", session.start_time)
         self._apply_resume(session.resume)
 
     # --- one round ---------------------------------------------------------------------------------
     def train_round(self, round_idx: int) -> None:
         weighted_sum = WeightedSum(self.global_state, self.federated_keys)
-        for client_id in self.topology.clients_for(self.rank, round_idx):
+        trained_silos = self.topology.clients_for(self.rank, round_idx)
+        for client_id in trained_silos:
             self._load_client(client_id)
             self._train_client(client_id, round_idx)
             trained = unique_state(self.model)
             weighted_sum.add(trained, self.session.client_weight(client_id))
             self._keep_private(client_id, trained)
-        # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
-        self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
-        self.channel.flush()
+        if self.channel is not None:
+            # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
+            self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
+            self.channel.flush()
         averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
         if averaged is not None:
             self.global_state.update(averaged)
+        self._account_model_exchange(len(trained_silos), weighted_sum.nbytes)
+
+    def _account_model_exchange(self, num_silos: int, state_bytes: int) -> None:
+        """Count each trained silo's upload and download of the federated client part, and on an
+        emulated link spend the time those transfers would take."""
+        for _ in range(num_silos):
+            self.byte_counter.add_model_exchange("sent", state_bytes)
+            self.byte_counter.add_model_exchange("received", state_bytes)
+        if self.link is not None and num_silos:
+            delay = 2 * num_silos * self.link.transfer_seconds(state_bytes)
+            time.sleep(delay)
+            self.extra_comm_seconds += delay
 
     def _train_client(self, client_id: int, round_idx: int) -> None:
         config = self.config
-        seed_torch(config.manual_seed, "client-dropout", round_idx, client_id, self._process_salt())
+        seed_torch(config.manual_seed, "client-dropout", round_idx, self._seed_key(client_id), self._process_salt())
         self.model.train()
         trainer = self.algorithm.client_trainer(self.model, self.channel, self.server_rank, client_id, round_idx)
         started = time.time()
@@ -72,6 +88,10 @@ class ClientProcess(RoleProcess):
             self._record(result, round_idx)
         logger.debug("client %d round %d trained in %.2fs", client_id, round_idx + 1, time.time() - started)
 
+    def _seed_key(self, client_id: int) -> int:
+        """What makes a silo's seeds differ: its id, or nothing with --client_seeds shared."""
+        return client_id if self.config.client_seeds == "distinct" else 0
+
     def _process_salt(self) -> int:
         """--same_seed_process False gives every process its own dropout stream."""
         return 0 if self.config.same_seed_process else self.rank
@@ -80,7 +100,7 @@ class ClientProcess(RoleProcess):
         config = self.config
         return client_batches(self.session.corpus, self.session.client_indices[client_id], config.batch_size,
                               config.num_batch, self.session.masking,
-                              seed=derive_seed(config.manual_seed, "batches", round_idx, client_id, local_round),
+                              seed=derive_seed(config.manual_seed, "batches", round_idx, self._seed_key(client_id), local_round),
                               num_workers=config.num_workers, pin_memory=config.pin_memory)
 
     def round_piece(self) -> RoundPiece:
@@ -109,5 +129,5 @@ class ClientProcess(RoleProcess):
     def _record(self, result, round_idx: int) -> None:
         self.events.record("step", round=round_idx + 1, step=result.step, client_id=result.client_id,
                            local_loss=result.local_loss, global_loss=result.global_loss, tokens=result.tokens,
-                           bytes_sent=self.channel.bytes.total("sent"),
-                           bytes_received=self.channel.bytes.total("received"))
+                           bytes_sent=self.byte_counter.total("sent"),
+                           bytes_received=self.byte_counter.total("received"))

@@ -34,6 +34,7 @@ class RoundPiece:
     client_state: dict | None = None           # the global client part (first client rank only)
     server_state: dict | None = None           # this server's replica (after FedAvg if enabled)
     private_states: dict[int, dict] = field(default_factory=dict)  # client_id -> non-federated tensors
+    seconds: dict[str, float] = field(default_factory=dict)  # compute / wait / comm / elapsed this round
 
 
 def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,7 +72,7 @@ class RoundWriter:
     def write(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
         state = self._resume_state(round_idx, pieces)
         model = build_joined_model(self.session.hf_config, self._export_client_state(state),
-                                   state["server_states"][0])
+                                   state["server_states"].get(0, {}))
         val_loss = evaluate(model, self.val_batches)
         export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer, state)
         save_resume_state(self.session.output_dir, state)
@@ -106,7 +107,7 @@ class RoundWriter:
         now = time.time()
         round_seconds, self.round_started = now - self.round_started, now
         steps = [event for piece in pieces for event in piece.events if event["event"] == "step"]
-        global_role = "client" if self.config.head_placement == "client" else "server"
+        global_role = "server" if self.config.is_split and self.config.head_placement == "server" else "client"
         tokens = sum(event["tokens"] or 0 for event in steps if event["role"] == "client")
         clients = [piece for piece in pieces if piece.role == "client"]
         return {
@@ -120,6 +121,7 @@ class RoundWriter:
             "bytes_sent": sum(piece.bytes_sent for piece in clients),        # client -> server (up)
             "bytes_received": sum(piece.bytes_received for piece in clients),  # server -> client (down)
             "clients": sorted({event["client_id"] for event in steps if event["role"] == "client"}),
+            "time_breakdown": time_breakdown(pieces),
         }
 
     def write_summary(self, wall_seconds: float) -> dict:
@@ -138,6 +140,9 @@ class RoundWriter:
             "val_loss": last.get("val_loss"), "val_perplexity": last.get("val_perplexity"),
             "bytes_up": sum(entry["bytes_sent"] for entry in self.history),
             "bytes_down": sum(entry["bytes_received"] for entry in self.history),
+            "link": self.config.link, "comm_dtype": self.config.comm_dtype,
+            "time_breakdown": _sum_breakdowns(self.history),
+            "pipeline_efficiency": _pipeline_efficiency(self.history),
             "rounds": self.history,
         }
         self.reporter.write_summary(summary)
@@ -146,6 +151,20 @@ class RoundWriter:
     def close(self) -> None:
         self.progress.close()
         self.reporter.close()
+
+
+def time_breakdown(pieces: list[RoundPiece]) -> dict[str, dict[str, float]]:
+    """Per role, the mean over its processes of compute / wait / comm seconds this round, plus the
+    busiest process's compute seconds (the pipeline's slowest stage)."""
+    result = {}
+    for role in ("client", "server"):
+        seconds = [piece.seconds for piece in pieces if piece.role == role and piece.seconds]
+        if seconds:
+            result[role] = {key: round(sum(s[key] for s in seconds) / len(seconds), 4)
+                            for key in ("compute", "wait", "comm", "elapsed")}
+            result[role]["max_compute"] = round(max(s["compute"] for s in seconds), 4)
+            result[role]["max_elapsed"] = round(max(s["elapsed"] for s in seconds), 4)
+    return result
 
 
 @torch.no_grad()
@@ -162,6 +181,26 @@ def evaluate(model, batches) -> float | None:
         logits = _mlm_head(model)(gather_masked(hidden, positions))
         losses.append(float(mlm_loss(logits, batch.labels.reshape(-1)[positions])))
     return sum(losses) / len(losses)
+
+
+def _sum_breakdowns(history: list[dict]) -> dict[str, dict[str, float]]:
+    total: dict[str, dict[str, float]] = {}
+    for entry in history:
+        for role, seconds in entry["time_breakdown"].items():
+            for key, value in seconds.items():
+                total.setdefault(role, {}).setdefault(key, 0.0)
+                total[role][key] = round(total[role][key] + value, 4)
+    return total
+
+
+def _pipeline_efficiency(history: list[dict]) -> float | None:
+    """Slowest stage's compute time / measured round time, over the rounds of this run (1.0: the
+    busiest process never waited; split learning that blocks every step scores low)."""
+    busiest = sum(max(s["max_compute"] for s in entry["time_breakdown"].values()) for entry in history
+                  if entry["time_breakdown"])
+    elapsed = sum(max(s["max_elapsed"] for s in entry["time_breakdown"].values()) for entry in history
+                  if entry["time_breakdown"])
+    return round(busiest / elapsed, 4) if elapsed > 0 else None
 
 
 def _mlm_head(model):

@@ -45,26 +45,34 @@ class ServerProcess(RoleProcess):
         seed_torch(self.config.manual_seed, "server-dropout", round_idx, self.rank)
         self.model.train()
         trainer = self.algorithm.server_trainer(self.model, self.channel, round_idx)
-        still_sending = set(self.client_ranks)
+        if self.algorithm.server_takes_turns:  # one client process at a time, in rank order
+            for client_rank in self.client_ranks:
+                self._serve(trainer, round_idx, {client_rank}, source=client_rank)
+        else:  # every client process at once, in arrival order
+            self._serve(trainer, round_idx, set(self.client_ranks), source=None)
+        trainer.finish()
+        self.channel.flush()
+        return trainer.samples_seen
+
+    def _serve(self, trainer, round_idx: int, still_sending: set[int], source: int | None) -> None:
+        """Hand messages to the trainer until every client in `still_sending` said ROUND_DONE."""
         while still_sending:
-            message = self._next_message(round_idx)
+            message = self._next_message(round_idx, source)
             if message.kind is Kind.CONTROL and message.control is Control.ROUND_DONE:
                 still_sending.discard(message.source)  # paired with ClientProcess.train_round's send
                 continue
             result = trainer.handle(message)
             if result is not None:
                 self._record(result, round_idx)
-        trainer.finish()
-        self.channel.flush()
-        return trainer.samples_seen
 
-    def _next_message(self, round_idx: int):
-        """The next message of this round: from the backlog first, else whatever arrives next."""
+    def _next_message(self, round_idx: int, source: int | None):
+        """The next message of this round from `source` (None: any client process): from the
+        backlog first, else whatever arrives next."""
         for index, message in enumerate(self.backlog):
-            if message.round == round_idx:
+            if message.round == round_idx and source in (None, message.source):
                 return self.backlog.pop(index)
         while True:
-            message = self.channel.recv(None)  # any client process of this server
+            message = self.channel.recv(source)
             if message.round == round_idx:
                 return message
             self.backlog.append(message)
@@ -95,8 +103,8 @@ class ServerProcess(RoleProcess):
         self.tokens_seen += result.tokens
         self.events.record("step", round=round_idx + 1, step=result.step, client_id=result.client_id,
                            global_loss=result.global_loss, tokens=result.tokens,
-                           bytes_sent=self.channel.bytes.total("sent"),
-                           bytes_received=self.channel.bytes.total("received"))
+                           bytes_sent=self.byte_counter.total("sent"),
+                           bytes_received=self.byte_counter.total("received"))
         if self.writer is not None:
             elapsed = max(1e-9, time.time() - self.started)
             step_in_round = result.step - round_idx * self.config.steps_per_round

@@ -1,0 +1,146 @@
+"""FedBERT (Tian et al. 2022): split learning WITH back-propagation from server to client.
+
+Every client step blocks on the server: the server returns the gradient at the cut and the client
+back-propagates it through its own layers. `--num_client_encoder 0` is the original FedBERT
+(embeddings and MLM head on the client, every encoder layer on the server: four activation-sized
+transfers per step with the head on the client); any other cut is the same-cut comparison.
+
+Wire (send/receive pairs), head on the client:
+    client ACTIVATION --> server        [hidden (B,T,H), mask (B,T) u8, masked positions (M)]
+    server OUTPUT     --> client        [server hidden at masked positions (M,H)]
+    client GRAD       --> server        [d loss / d OUTPUT (M,H)]
+    server GRAD       --> client        [d loss / d ACTIVATION (B,T,H)]
+Head on the server: ACTIVATION carries the labels at masked positions too, and the server answers
+with the GRAD at the cut directly (its scalars carry the loss).
+
+The server keeps each batch's graph until the client's GRAD comes back. That is valid because a
+server replica serves one client process at a time: one replica per client process
+(`--server_schedule parallel`) or one replica that client processes take turns with (`sequential`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, ServerTrainer, Stepper, StepResult, expect,
+                                        loss_value)
+from fedbiobert.messages import Kind, Message
+from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
+
+
+class FedBERTClient(ClientTrainer):
+    def __init__(self, algorithm, model, channel, server_rank: int, client_id: int, round_idx: int):
+        config = algorithm.config
+        self.model, self.channel, self.server_rank = model, channel, server_rank
+        self.client_id, self.round_idx = client_id, round_idx
+        self.head_on_client = config.head_placement == "client"
+        self.wire_dtype = config.wire_dtype
+        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+
+    def step(self, batch, global_step: int) -> StepResult:
+        positions = masked_positions(batch.labels)
+        targets = batch.labels.reshape(-1)[positions]
+        hidden = self.model(batch.input_ids, batch.attention_mask)
+        tensors = [hidden.detach().to(self.wire_dtype), batch.attention_mask.to(torch.uint8), positions]
+        if not self.head_on_client:
+            tensors.append(targets)
+        self._send(Kind.ACTIVATION, global_step, tensors)  # paired with FedBERTServer._on_activation
+        global_loss = self._final_head_round_trip(global_step, targets) if self.head_on_client else None
+        reply = self.channel.recv(self.server_rank)  # blocks: the GRAD at the cut
+        expect(reply, Kind.GRAD, global_step, self.server_rank)
+        hidden.backward(reply.tensors[0].to(hidden.dtype))
+        self.stepper.step(global_step)
+        return StepResult(global_loss=global_loss, tokens=int(batch.attention_mask.sum()), step=global_step,
+                          client_id=self.client_id)
+
+    def finish(self) -> list[StepResult]:
+        self.channel.flush()
+        return []
+
+    def _final_head_round_trip(self, global_step: int, targets) -> float:
+        output = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
+        expect(output, Kind.OUTPUT, global_step, self.server_rank)
+        server_hidden = output.tensors[0].float().requires_grad_()
+        final_loss = mlm_loss(self.model.final_logits(server_hidden), targets)
+        final_loss.backward()
+        value = loss_value(final_loss)
+        self._send(Kind.GRAD, global_step, [server_hidden.grad.to(self.wire_dtype)], (math.nan, value))
+        return value
+
+    def _send(self, kind: Kind, step: int, tensors, scalars=(math.nan, math.nan)) -> None:
+        self.channel.send(Message(kind, client_id=self.client_id, round=self.round_idx, step=step,
+                                  scalars=scalars, tensors=tensors), self.server_rank)
+
+
+class FedBERTServer(ServerTrainer):
+    def __init__(self, algorithm, model, channel, round_idx: int):
+        config = algorithm.config
+        self.model, self.channel, self.round_idx = model, channel, round_idx
+        self.head_on_client = config.head_placement == "client"
+        self.wire_dtype = config.wire_dtype
+        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+        self.graphs: dict[tuple[int, int], tuple] = {}  # (client rank, step) -> (cut input, output)
+        self._samples = 0
+
+    @property
+    def samples_seen(self) -> int:
+        return self._samples
+
+    def handle(self, message: Message) -> StepResult | None:
+        if message.kind is Kind.ACTIVATION:
+            return self._on_activation(message)
+        if message.kind is Kind.GRAD:
+            return self._on_output_grad(message)
+        raise RuntimeError(f"server got an unexpected {message.kind.name} from rank {message.source}")
+
+    def finish(self) -> None:
+        if self.graphs:
+            raise RuntimeError(f"round ended with {len(self.graphs)} batch(es) never answered by a GRAD")
+
+    def _on_activation(self, message: Message) -> StepResult | None:
+        hidden, mask, positions = message.tensors[:3]
+        self._samples += hidden.shape[0]
+        cut_input = hidden.float().requires_grad_()
+        output = gather_masked(self.model(cut_input, mask.long()), positions)
+        if self.head_on_client:
+            self.graphs[(message.source, message.step)] = (cut_input, output)
+            self._reply(message, Kind.OUTPUT, [output.detach().to(self.wire_dtype)])
+            return None
+        final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
+        final_loss.backward()
+        value = loss_value(final_loss)
+        self._reply(message, Kind.GRAD, [cut_input.grad.to(self.wire_dtype)], (math.nan, value))
+        self.stepper.step(message.step)
+        return StepResult(global_loss=value, tokens=int(mask.sum()), step=message.step, client_id=message.client_id)
+
+    def _on_output_grad(self, message: Message) -> StepResult:
+        cut_input, output = self.graphs.pop((message.source, message.step))
+        output.backward(message.tensors[0].float())
+        self._reply(message, Kind.GRAD, [cut_input.grad.to(self.wire_dtype)])  # paired with FedBERTClient.step
+        self.stepper.step(message.step)
+        return StepResult(global_loss=message.scalars[1], step=message.step, client_id=message.client_id)
+
+    def _reply(self, message: Message, kind: Kind, tensors, scalars=(math.nan, math.nan)) -> None:
+        self.channel.send(Message(kind, client_id=message.client_id, round=self.round_idx, step=message.step,
+                                  scalars=scalars, tensors=tensors), message.source)
+
+
+class FedBERT(Algorithm):
+    name = "fedbert"
+
+    @property
+    def server_takes_turns(self) -> bool:
+        return self.config.server_schedule == "sequential"
+
+    def split(self, full_model):
+        return split_model(full_model, self.config.num_client_encoder, self.config.head_placement)
+
+    def federated_client_keys(self, client_model) -> list[str]:
+        return client_state_keys(client_model, self.config.fedavg_embedding_head)
+
+    def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FedBERTClient:
+        return FedBERTClient(self, model, channel, server_rank, client_id, round_idx)
+
+    def server_trainer(self, model, channel, round_idx) -> FedBERTServer:
+        return FedBERTServer(self, model, channel, round_idx)

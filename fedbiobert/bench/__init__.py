@@ -1,0 +1,12 @@
+"""Benchmark harness: FedBioBERT against FedBERT, FedAvg and centralized training on one token budget.
+
+    python -m fedbiobert.bench --quick --out bench/quick [--only fedbiobert-2-2,fedbert-0-4] [--links none,100:5]
+
+Modules, one concern each:
+    presets  model size and token budget of each preset (tiny, quick, cpu, gpu)
+    matrix   the runs: data-driven entries x link settings -> `RunSpec` (with its run.py flags)
+    runner   one `RunSpec` -> a torchrun subprocess -> `RunOutcome` (summary.json, status, error line)
+    results  outcome -> one results.json row; speedups; machine description
+    report   results.json, results.md, loss_vs_time.png
+    __main__ the command line, progress output and exit codes
+"""

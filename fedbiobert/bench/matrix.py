@@ -1,0 +1,195 @@
+"""The benchmark matrix: which runs, with which run.py flags, on one preset's token budget.
+
+The matrix is data: `ALGORITHMS` says how each algorithm is launched (servers or not, one process or
+many, whether the emulated client-server link applies), `entries(preset)` lists the algorithm x cut
+entries, and `build_matrix` crosses them with the link settings into `RunSpec`s.
+
+Token budget: every run trains n_clients x num_batch batches of batch_size x max_len tokens per round
+(participation 1.0). Centralized training has one client holding all data, so it gets
+num_batch x n_clients batches per round on one process: the same tokens per round.
+
+Links: a link emulates the WAN between client processes and servers (--link_bandwidth_mbps,
+--link_latency_ms). It applies only to algorithms with a server; FedAvg and centralized training run
+once, with link None (FedAvg's once-per-round model exchange is not emulated; see results.md).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+from fedbiobert.bench.presets import Preset
+
+
+class BenchError(ValueError):
+    """A bad benchmark option; its message is one line naming the bad value."""
+
+
+@dataclass(frozen=True)
+class Link:
+    bandwidth_mbps: float
+    latency_ms: float
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe label, e.g. 100mbit-5ms."""
+        return f"{self.bandwidth_mbps:g}mbit-{self.latency_ms:g}ms"
+
+    @property
+    def label(self) -> str:
+        return f"{self.bandwidth_mbps:g} Mbit/s, {self.latency_ms:g} ms"
+
+    def to_json(self) -> dict:
+        return {"bandwidth_mbps": self.bandwidth_mbps, "latency_ms": self.latency_ms}
+
+    def flags(self) -> list[str]:
+        return ["--link_bandwidth_mbps", f"{self.bandwidth_mbps:g}", "--link_latency_ms", f"{self.latency_ms:g}"]
+
+
+def link_label(link: Link | None) -> str:
+    return "none" if link is None else link.label
+
+
+def parse_links(text: str) -> list[Link | None]:
+    """'none,100:5' -> [None, Link(100, 5)]; raises BenchError naming the first bad item."""
+    links: list[Link | None] = []
+    for item in (part.strip() for part in text.split(",")):
+        link = _parse_link(item, text)
+        if link in links:
+            raise BenchError(f"--links '{text}' lists '{item}' twice")
+        links.append(link)
+    return links
+
+
+def _parse_link(item: str, text: str) -> Link | None:
+    if item.lower() == "none":
+        return None
+    accepted = "accepted: none or BANDWIDTH_MBPS:LATENCY_MS, e.g. none,100:5"
+    bandwidth, sep, latency = item.partition(":")
+    try:
+        link = Link(float(bandwidth), float(latency))
+    except ValueError:
+        raise BenchError(f"--links '{text}': '{item}' is not a link setting ({accepted})") from None
+    if not sep or not all(map(math.isfinite, (link.bandwidth_mbps, link.latency_ms))) \
+            or link.bandwidth_mbps <= 0 or link.latency_ms < 0:
+        raise BenchError(f"--links '{text}': '{item}' needs a bandwidth > 0 and a latency >= 0 ({accepted})")
+    return link
+
+
+@dataclass(frozen=True)
+class AlgorithmKind:
+    """How an algorithm is launched."""
+    num_device: int           # server processes (the first ranks)
+    single_process: bool      # one process holding every silo's data (centralized)
+    link_applies: bool        # an emulated client-server link slows it down
+
+
+ALGORITHMS: dict[str, AlgorithmKind] = {
+    "fedbert": AlgorithmKind(num_device=1, single_process=False, link_applies=True),
+    "fedbiobert": AlgorithmKind(num_device=1, single_process=False, link_applies=True),
+    "fedavg": AlgorithmKind(num_device=0, single_process=False, link_applies=False),
+    "centralized": AlgorithmKind(num_device=0, single_process=True, link_applies=False),
+}
+BASELINE = "fedbert"  # speedups are against fedbert with 0 client layers (the original FedBERT)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One algorithm at one cut, before link settings are applied."""
+    name: str
+    algorithm: str
+    num_client_encoder: int
+    num_server_encoder: int
+
+
+def entries(preset: Preset) -> list[Entry]:
+    """fedbert 0-L, fedbert k-(L-k) at k=L/2, fedbiobert at each preset cut, fedavg, centralized."""
+    layers, half = preset.num_layers, preset.num_layers // 2
+    split = [("fedbert", 0), ("fedbert", half)] + [("fedbiobert", k) for k in preset.fedbiobert_cuts]
+    found = [Entry(f"{algorithm}-{k}-{layers - k}", algorithm, k, layers - k) for algorithm, k in split]
+    # full-model algorithms: every layer is local (num_server_encoder 0)
+    return found + [Entry(name, name, layers, 0) for name in ("fedavg", "centralized")]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One benchmark run: everything needed to launch it, except paths and port."""
+    name: str
+    entry: str
+    algorithm: str
+    num_client_encoder: int
+    num_server_encoder: int
+    link: Link | None
+    nproc: int
+    num_device: int
+    n_clients: int
+    num_batch: int
+    batch_size: int
+    max_len: int
+    model_flags: tuple[str, ...]
+
+    @property
+    def tokens_per_round(self) -> int:
+        return self.n_clients * self.num_batch * self.batch_size * self.max_len
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.algorithm == BASELINE and self.num_client_encoder == 0
+
+    def flags(self) -> list[str]:
+        """run.py flags (without --data_dir, --output_dir, --cache_dir)."""
+        flags = ["--algorithm", self.algorithm, "--num_client_encoder", str(self.num_client_encoder),
+                 "--num_server_encoder", str(self.num_server_encoder), "--num_device", str(self.num_device),
+                 "--n_clients", str(self.n_clients), "--num_batch", str(self.num_batch), *self.model_flags]
+        return flags + (self.link.flags() if self.link is not None else [])
+
+
+def run_name(entry: Entry, link: Link | None) -> str:
+    return entry.name if link is None else f"{entry.name}@{link.slug}"
+
+
+def make_spec(entry: Entry, link: Link | None, preset: Preset, nproc: int) -> RunSpec:
+    kind = ALGORITHMS[entry.algorithm]
+    pooled = kind.single_process
+    return RunSpec(name=run_name(entry, link), entry=entry.name, algorithm=entry.algorithm,
+                   num_client_encoder=entry.num_client_encoder, num_server_encoder=entry.num_server_encoder,
+                   link=link, nproc=1 if pooled else nproc, num_device=kind.num_device,
+                   n_clients=1 if pooled else preset.n_clients,
+                   num_batch=preset.num_batch * (preset.n_clients if pooled else 1),
+                   batch_size=preset.batch_size, max_len=preset.max_len, model_flags=tuple(preset.model_flags()))
+
+
+def build_matrix(preset: Preset, links: list[Link | None], nproc: int) -> list[RunSpec]:
+    """Every entry with every link setting; algorithms without a server run once, with link None."""
+    check_nproc(nproc, preset)
+    specs = []
+    for entry in entries(preset):
+        entry_links = links if ALGORITHMS[entry.algorithm].link_applies else [None]
+        specs += [make_spec(entry, link, preset, nproc) for link in entry_links]
+    return specs
+
+
+def check_nproc(nproc: int, preset: Preset) -> None:
+    if not 2 <= nproc <= preset.n_clients:
+        raise BenchError(f"--nproc {nproc} is outside [2, {preset.n_clients}] (preset {preset.name}: 1 server "
+                         f"+ at least 1 client process; fedavg runs {nproc} client processes on "
+                         f"{preset.n_clients} silos)")
+
+
+def select(specs: list[RunSpec], only: str | None) -> list[RunSpec]:
+    """Keep runs whose name or entry matches a comma-separated pattern (shell globs allowed)."""
+    if only is None:
+        return specs
+    patterns = [part.strip() for part in only.split(",") if part.strip()]
+    if not patterns:
+        raise BenchError(f"--only '{only}' names no run")
+    for pattern in patterns:
+        if not any(_matches(spec, pattern) for spec in specs):
+            names = ", ".join(dict.fromkeys(spec.entry for spec in specs))
+            raise BenchError(f"--only '{pattern}' matches no run (accepted: {names}, or NAME@LINK, e.g. "
+                             f"{specs[0].entry}@100mbit-5ms)")
+    return [spec for spec in specs if any(_matches(spec, pattern) for pattern in patterns)]
+
+
+def _matches(spec: RunSpec, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(spec.name, pattern) or fnmatch.fnmatchcase(spec.entry, pattern)

@@ -1,0 +1,130 @@
+"""Write a benchmark's outputs: results.json, machine.json, results.md and loss_vs_time.png."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fedbiobert.bench.presets import Preset
+from fedbiobert.bench.results import describe_link
+
+TABLE_COLUMNS = ("run", "link", "s/round", "tokens/s", "speedup vs fedbert 0-L", "MB up/round",
+                 "MB down/round", "final global MLM loss", "val perplexity", "status")
+
+
+def write_json(path: Path, value) -> None:
+    """Atomic write, so an interrupted benchmark never leaves half a file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _num(value, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _megabytes(value) -> str:
+    return "-" if value is None else f"{value / 1e6:,.2f}"
+
+
+def table_row(row: dict) -> list[str]:
+    speedup = row.get("speedup_vs_fedbert")
+    return [row["name"], describe_link(row), _num(row.get("seconds_per_round"), 2),
+            _num(row.get("tokens_per_second"), 0), "-" if speedup is None else f"{speedup:.2f}x",
+            _megabytes(row.get("bytes_up_per_round")), _megabytes(row.get("bytes_down_per_round")),
+            _num(row.get("final_global_loss"), 4), _num(row.get("val_perplexity"), 1), row["status"]]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in table_row(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: str) -> str:
+    failed = [row for row in rows if row["status"] != "ok"]
+    budget = sorted({row["tokens_per_round_budget"] for row in rows})
+    parts = [
+        f"# FedBioBERT benchmark: preset `{preset.name}`",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {machine['device']} ({machine['processor']}, {machine['cpu_count']} CPU cores), "
+        f"{machine['platform']}, Python {machine['python']}, torch {machine['torch']}, "
+        f"commit {machine.get('git_commit') or 'unknown'}",
+        f"- model: {preset.num_layers} layers, hidden {preset.hidden_size}, {preset.num_attention_heads} heads, "
+        f"intermediate {preset.intermediate_size}, vocab {preset.vocab_size}; sequences of {preset.max_len} tokens, "
+        f"batch {preset.batch_size}",
+        f"- budget: {preset.n_comm_rounds} rounds; {preset.n_clients} clients x {preset.num_batch} batches per round "
+        f"(centralized: 1 client x {preset.n_clients * preset.num_batch} batches) = "
+        f"{', '.join(f'{tokens:,}' for tokens in budget)} tokens per round for every run",
+        "",
+        markdown_table(rows),
+        "",
+        "How to read it:",
+        "- **s/round** is the median wall time of the rounds after the first; round 1 includes warm-up and is "
+        "left out (it is in results.json as first_round_seconds). A round's time covers training, FedAvg, "
+        "and the round-end validation, export and checkpoint.",
+        "- **tokens/s** is training tokens over the wall time of the same rounds.",
+        "- **speedup vs fedbert 0-L** = s/round of `fedbert-0-L` (the original FedBERT: embeddings and MLM head "
+        "on the client, every encoder layer on the server) under the same link / this run's s/round; "
+        "fedavg and centralized, which run without an emulated link, compare with the no-link baseline.",
+        "- **link**: emulated WAN between client processes and servers (bandwidth, one-way latency); it applies "
+        "only to algorithms with a server. FedAvg's once-per-round model exchange is not emulated, so fedavg "
+        "and centralized run once, with link none.",
+        "- **MB up/down per round**: bytes client processes sent to / received from servers per round "
+        "(activations, gradients, labels), summed over client processes.",
+        "- **final global MLM loss**: mean training loss of the final head over the last round; "
+        "**val perplexity**: exp of the held-out MLM loss of the joined model after the last round.",
+        "- loss_vs_time.png: validation and global loss at each round end against cumulative training time.",
+    ]
+    if failed:
+        parts += ["", "Failed runs:"] + [f"- `{row['name']}`: {row['error']} (log: {row['log']})" for row in failed]
+    return "\n".join(parts) + "\n"
+
+
+def plot_loss_vs_time(rows: list[dict], path: Path) -> Path | None:
+    """Two panels (validation loss, global training loss) vs cumulative training time, a line per run."""
+    plotted = [row for row in rows if row["status"] == "ok" and row.get("curve")]
+    if not plotted:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharex=True)
+    colours = _colours(plotted, plt)
+    for row in plotted:
+        style = {"color": colours[row["entry"]], "linestyle": "-" if row.get("link") is None else "--",
+                 "marker": "o", "markersize": 4, "label": f"{row['entry']} ({describe_link(row)})"}
+        for axis, key in zip(axes, ("val_loss", "global_loss")):
+            points = [(point["train_seconds"], point[key]) for point in row["curve"] if point.get(key) is not None]
+            if points:
+                axis.plot(*zip(*points), **style)
+    for axis, title in zip(axes, ("validation MLM loss (round end)", "global MLM training loss (round mean)")):
+        axis.set_title(title)
+        axis.set_xlabel("training wall time (s)")
+        axis.set_ylabel("MLM loss")
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    columns = min(4, len(labels))
+    figure.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    figure.suptitle("MLM loss vs training time (solid: no link emulation, dashed: emulated link)")
+    figure.tight_layout(rect=(0, 0.04 + 0.04 * -(-len(labels) // columns), 1, 1))
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _colours(rows: list[dict], plt) -> dict[str, tuple]:
+    entries = list(dict.fromkeys(row["entry"] for row in rows))
+    palette = plt.get_cmap("tab10")
+    return {entry: palette(index % 10) for index, entry in enumerate(entries)}
+
+
+def write_outputs(out_dir: Path, rows: list[dict], machine: dict, preset: Preset, command: str,
+                  plot: bool = True) -> list[Path]:
+    """The JSON and markdown files (after every run, so a partial benchmark is readable), and the plot."""
+    write_json(out_dir / "results.json", rows)
+    write_json(out_dir / "machine.json", {**machine, "preset": preset.name, "command": command})
+    (out_dir / "results.md").write_text(results_markdown(rows, machine, preset, command), encoding="utf-8")
+    plot = plot_loss_vs_time(rows, out_dir / "loss_vs_time.png") if plot else None
+    return [out_dir / "results.json", out_dir / "machine.json", out_dir / "results.md"] + ([plot] if plot else [])

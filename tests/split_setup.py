@@ -1,0 +1,44 @@
+"""A small real split set-up shared by multi-process algorithm tests: a tiny BERT, real sliced
+text tokenized with the shared SciBERT vocabulary, masked batches, and a 2-process channel."""
+from __future__ import annotations
+
+import types
+
+import torch
+
+from fedbiobert.algorithms import REGISTRY
+from fedbiobert.comm import Channel, init_distributed, launch_info_from_env
+from fedbiobert.config import Config
+from fedbiobert.data import MaskingSpec, build_tokenizer, client_batches, list_corpus_files, load_or_build_token_cache
+from fedbiobert.model import ModelSpec, build_config, build_full_model
+from fedbiobert.optim import Schedule
+from fedbiobert.topology import Topology
+from tests.conftest import SCIVOCAB
+
+HIDDEN = 32
+
+
+def build_split(corpus_dir, cache_dir, steps: int, **options):
+    """(algorithm, client part, server part, batches, full model config) from identical seeds."""
+    options = {"num_client_encoder": 1, "num_server_encoder": 1, "max_inflight": 2, "max_len": 32,
+               "batch_size": 3, "num_batch": steps, **options}
+    config = Config(**options)
+    files = list_corpus_files(corpus_dir)
+    tokenizer = build_tokenizer("bert", str(SCIVOCAB), files, cache_dir)
+    corpus = load_or_build_token_cache(files, tokenizer, config.max_len, cache_dir)
+    spec = ModelSpec("bert", len(tokenizer), HIDDEN, 2, 64, config.num_layers, config.max_len, tokenizer.pad_token_id)
+    hf_config = build_config(spec)
+    session = types.SimpleNamespace(config=config, schedule=Schedule(steps, 0.0, 1e-3, 0.0))
+    algorithm = REGISTRY[config.algorithm](session)
+    client, server = algorithm.split(build_full_model(hf_config, seed=0))
+    batches = list(client_batches(corpus, torch.arange(len(corpus)), config.batch_size, steps,
+                                  MaskingSpec.from_tokenizer(tokenizer), seed=1))
+    return algorithm, client, server, batches, hf_config
+
+
+def two_process_channel() -> Channel:
+    """Rank 0 serves rank 1 over a real gloo link group."""
+    launch = launch_info_from_env()
+    topology = Topology(2, 1, 1, 1, 0)
+    groups = init_distributed(launch, topology, on_cuda=False, timeout_s=60)
+    return Channel(launch.rank, groups.link[0], groups.link[0], torch.device("cpu"), 30, topology.describe)

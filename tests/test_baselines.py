@@ -1,0 +1,124 @@
+"""The baselines are what they claim, checked on real processes:
+
+- fedbert: the client's gradients equal full back-propagation through the joined model;
+- fedbiobert: the client's embedding/encoder gradients are those of the auxiliary loss alone,
+  even at a step where the final head's gradient has also arrived;
+- fedavg of identical clients with equal weights equals centralized training on one client's data.
+"""
+import copy
+
+import pytest
+import torch
+
+from fedbiobert.comm import shutdown
+from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.metrics import read_events
+from fedbiobert.model import build_joined_model, full_mlm_loss, gather_masked, masked_positions, mlm_loss
+from tests.conftest import SCIVOCAB, copy_head
+from tests.distributed import run_processes
+from tests.launch import TINY_MODEL, torchrun
+from tests.split_setup import build_split, two_process_channel
+
+STEPS = 3
+
+
+def _grads(module) -> dict[str, torch.Tensor]:
+    return {name: param.grad.detach().clone() for name, param in module.named_parameters() if param.grad is not None}
+
+
+def _aux_only_grads(client, batch) -> dict[str, torch.Tensor]:
+    reference = copy.deepcopy(client)
+    reference.zero_grad(set_to_none=True)
+    positions = masked_positions(batch.labels)
+    hidden = reference(batch.input_ids, batch.attention_mask)
+    mlm_loss(reference.aux_logits(gather_masked(hidden, positions)), batch.labels.reshape(-1)[positions]).backward()
+    return _grads(reference)
+
+
+def _serve(algorithm, server, channel):
+    trainer = algorithm.server_trainer(server, channel, 0)
+    while (message := channel.recv(None)).kind is not Kind.CONTROL:
+        trainer.handle(message)
+    trainer.finish()
+    channel.flush()
+
+
+def _worker(rank, world_size, options, capture_step, corpus_dir, cache_dir, out_dir):
+    algorithm, client, server, batches, hf_config = build_split(corpus_dir, cache_dir, STEPS, **options)
+    client.eval(), server.eval()  # no dropout: gradients are comparable
+    initial = {"client": copy.deepcopy(client.state_dict()), "server": copy.deepcopy(server.state_dict())}
+    channel = two_process_channel()
+    if rank == 0:
+        _serve(algorithm, server, channel)
+    else:
+        trainer = algorithm.client_trainer(client, channel, 0, client_id=0, round_idx=0)
+        captured, current = {}, {}
+
+        def capture(module):
+            if current["step"] == capture_step and "grads" not in captured:  # not the finish() step
+                captured["grads"] = _grads(module)
+                captured["aux_only"] = _aux_only_grads(module, current["batch"])
+
+        trainer.stepper.before_step.append(capture)
+        for step, batch in enumerate(batches):
+            current.update(step=step, batch=batch)
+            trainer.step(batch, step)
+        trainer.finish()
+        channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)
+        channel.flush()
+        joined = build_joined_model(hf_config, initial["client"], initial["server"])
+        first = batches[0]
+        full_mlm_loss(joined, first.input_ids, first.attention_mask, first.labels).backward()
+        captured["full_backprop"] = _grads(joined)
+        torch.save(captured, out_dir / "grads.pt")
+    shutdown()
+
+
+@pytest.mark.parametrize("options", [
+    {"algorithm": "fedbert", "num_client_encoder": 0, "num_server_encoder": 2},
+    {"algorithm": "fedbert", "num_client_encoder": 1, "num_server_encoder": 1, "head_placement": "server"},
+], ids=["fedbert-0-2-client-head", "fedbert-1-1-server-head"])
+def test_fedbert_client_gradients_equal_full_backprop(tmp_path, small_corpus, options):
+    run_processes(_worker, 2, options, 0, small_corpus, tmp_path / "cache", tmp_path, timeout=120)
+    captured = torch.load(tmp_path / "grads.pt")
+    client_grads, reference = captured["grads"], captured["full_backprop"]
+    assert any(name.startswith("bert.embeddings") for name in client_grads)
+    for name, grad in client_grads.items():
+        torch.testing.assert_close(grad, reference[name], msg=name)
+
+
+def test_fedbiobert_client_gradients_are_the_auxiliary_loss_gradients(tmp_path, small_corpus):
+    options = {"algorithm": "fedbiobert", "num_client_encoder": 1, "num_server_encoder": 1, "max_inflight": 1}
+    run_processes(_worker, 2, options, 2, small_corpus, tmp_path / "cache", tmp_path, timeout=120)
+    captured = torch.load(tmp_path / "grads.pt")
+    grads, aux_only = captured["grads"], captured["aux_only"]
+    final_head = {name for name in grads if name.startswith("cls.")}
+    assert final_head and all(grads[name].abs().sum() > 0 for name in final_head)  # the final loss did arrive
+    assert set(grads) - final_head == set(aux_only)
+    for name in aux_only:
+        torch.testing.assert_close(grads[name], aux_only[name], msg=name)
+
+
+def test_fedavg_of_identical_clients_equals_centralized(tmp_path):
+    twin_a = copy_head("pubmed_hoc_abstracts.txt", tmp_path / "twins" / "a.txt", 150)
+    (tmp_path / "twins" / "b.txt").write_bytes(twin_a.read_bytes())
+    copy_head("pubmed_hoc_abstracts.txt", tmp_path / "single" / "a.txt", 150)
+    common = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "1", "--n_comm_rounds", "2",
+              "--num_batch", "3", "--client_seeds", "shared", "--fl_aggregate", "scheme=federated_average,weighting=uniform",
+              "--val_ratio", "0", "--num_threads", "1", "--tokenizer", str(SCIVOCAB)]
+    cache = tmp_path / "cache"
+    fedavg = torchrun(2, [*common, "--algorithm", "fedavg", "--n_clients", "2", "--partition_data", "by_file",
+                          "--data_dir", str(tmp_path / "twins"), "--output_dir", str(tmp_path / "fedavg")], cache)
+    assert fedavg.returncode == 0, fedavg.stderr[-3000:]
+    central = torchrun(1, [*common, "--algorithm", "centralized", "--n_clients", "1",
+                           "--data_dir", str(tmp_path / "single"), "--output_dir", str(tmp_path / "central")], cache)
+    assert central.returncode == 0, central.stderr[-3000:]
+
+    def losses(output, client_id):
+        return [(e["round"], e["step"], e["global_loss"]) for e in read_events(output)
+                if e["event"] == "step" and e["client_id"] == client_id]
+
+    reference = losses(tmp_path / "central", 0)
+    assert len(reference) == 6
+    assert losses(tmp_path / "fedavg", 0) == reference
+    assert losses(tmp_path / "fedavg", 1) == reference

@@ -1,0 +1,191 @@
+"""The benchmark harness: matrix construction, link parsing, speedups, the markdown table, and one
+tiny real `python -m fedbiobert.bench` invocation of two fedbiobert runs."""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fedbiobert.bench.__main__ import main
+from fedbiobert.bench.matrix import BenchError, Link, build_matrix, check_nproc, parse_links, select
+from fedbiobert.bench.presets import PRESETS
+from fedbiobert.bench.report import markdown_table, results_markdown
+from fedbiobert.bench.results import add_speedups, seconds_per_round, steady_tokens_per_second
+from fedbiobert.config import Config, parse_config
+from tests.launch import REPO
+
+QUICK = PRESETS["quick"]
+LINK = Link(100.0, 5.0)
+
+
+def _quick_matrix(links=(None, LINK), nproc=3):
+    return build_matrix(QUICK, list(links), nproc)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "quick", "cpu", "gpu"])
+def test_every_run_of_a_preset_has_the_same_token_budget(preset):
+    specs = build_matrix(PRESETS[preset], [None, LINK], 3)
+    p = PRESETS[preset]
+    assert {spec.tokens_per_round for spec in specs} == {p.n_clients * p.num_batch * p.batch_size * p.max_len}
+    assert len({spec.name for spec in specs}) == len(specs)
+    for spec in specs:  # every run shares the model shape, rounds and participation 1.0
+        assert spec.model_flags == tuple(p.model_flags())
+        assert spec.num_client_encoder + spec.num_server_encoder == p.num_layers
+
+
+def test_quick_matrix_entries_names_and_links():
+    specs = _quick_matrix()
+    assert [spec.name for spec in specs] == [
+        "fedbert-0-4", "fedbert-0-4@100mbit-5ms", "fedbert-2-2", "fedbert-2-2@100mbit-5ms",
+        "fedbiobert-1-3", "fedbiobert-1-3@100mbit-5ms", "fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms",
+        "fedbiobert-3-1", "fedbiobert-3-1@100mbit-5ms", "fedavg", "centralized"]
+    by_name = {spec.name: spec for spec in specs}
+    assert by_name["fedbert-0-4"].is_baseline and not by_name["fedbert-2-2"].is_baseline
+    central, fedavg = by_name["centralized"], by_name["fedavg"]
+    assert (central.nproc, central.n_clients, central.num_batch, central.num_device) == (1, 1, 16, 0)
+    assert (fedavg.nproc, fedavg.n_clients, fedavg.num_batch, fedavg.num_device, fedavg.link) == (3, 4, 4, 0, None)
+
+
+def test_run_flags_name_the_algorithm_cut_and_link():
+    by_name = {spec.name: spec for spec in _quick_matrix()}
+    flags = by_name["fedbert-0-4@100mbit-5ms"].flags()
+    assert flags[:6] == ["--algorithm", "fedbert", "--num_client_encoder", "0", "--num_server_encoder", "4"]
+    assert flags[-4:] == ["--link_bandwidth_mbps", "100", "--link_latency_ms", "5"]
+    assert "--link_bandwidth_mbps" not in by_name["fedbert-0-4"].flags()
+    assert "--link_bandwidth_mbps" not in by_name["fedavg"].flags()
+
+
+def test_flags_parse_with_run_py_and_give_the_budget():
+    """Runs the engine already supports parse with its real option parser into the same token budget."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    for spec in _quick_matrix():
+        if spec.algorithm not in Config.__dataclass_fields__["algorithm"].metadata["choices"]:
+            continue
+        if spec.link is not None and "link_bandwidth_mbps" not in known:
+            continue
+        config = parse_config(spec.flags() + ["--output_dir", "unused"])
+        assert config.n_clients * config.num_batch * config.batch_size * config.max_len == spec.tokens_per_round
+        assert config.participation_ratio == 1.0 and config.n_comm_rounds == QUICK.n_comm_rounds
+
+
+def test_parse_links():
+    assert parse_links("none,100:5") == [None, LINK]
+    assert parse_links(" NONE , 0.5:40 ") == [None, Link(0.5, 40.0)]
+
+
+@pytest.mark.parametrize("text, named", [
+    ("100", "'100'"), ("fast", "'fast'"), ("100:x", "'100:x'"), ("0:5", "'0:5'"), ("-1:5", "'-1:5'"),
+    ("100:-1", "'100:-1'"), ("nan:5", "'nan:5'"), ("none,", "''"), ("none,none", "'none' twice"),
+])
+def test_bad_links_are_refused_naming_the_item(text, named):
+    with pytest.raises(BenchError, match=named):
+        parse_links(text)
+
+
+def test_select_by_entry_full_name_and_glob():
+    specs = _quick_matrix()
+    assert [s.name for s in select(specs, "fedbiobert-2-2")] == ["fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms"]
+    assert [s.name for s in select(specs, "fedbert-0-4@100mbit-5ms,fedavg")] == ["fedbert-0-4@100mbit-5ms", "fedavg"]
+    assert len(select(specs, "fedbiobert-*")) == 6
+    with pytest.raises(BenchError, match="'fedbiobert-9-9' matches no run"):
+        select(specs, "fedbiobert-2-2,fedbiobert-9-9")
+
+
+def test_nproc_bounds():
+    check_nproc(2, QUICK)
+    for bad in (1, QUICK.n_clients + 1):
+        with pytest.raises(BenchError, match=f"--nproc {bad} is outside"):
+            check_nproc(bad, QUICK)
+
+
+def test_seconds_per_round_is_the_median_after_the_warm_up_round():
+    rounds = [{"round_seconds": 30.0, "tokens": 100}, {"round_seconds": 2.0, "tokens": 100},
+              {"round_seconds": 9.0, "tokens": 100}, {"round_seconds": 3.0, "tokens": 100}]
+    assert seconds_per_round(rounds) == 3.0
+    assert steady_tokens_per_second(rounds) == pytest.approx(300 / 14.0)
+    assert seconds_per_round(rounds[:1]) == 30.0
+    assert seconds_per_round([]) is None
+
+
+def _row(name, algorithm, k, seconds, link=None, status="ok", **extra):
+    row = {"name": name, "entry": name.split("@")[0], "algorithm": algorithm, "num_client_encoder": k,
+           "num_server_encoder": 4 - k, "link": link, "status": status, "seconds_per_round": seconds,
+           "tokens_per_second": 1000.0, "bytes_up_per_round": 2_500_000.0, "bytes_down_per_round": None,
+           "final_global_loss": 7.25, "val_perplexity": 1234.5, "speedup_vs_fedbert": None,
+           "tokens_per_round_budget": 16384, "error": None, "log": f"logs/{name}.log"}
+    return {**row, **extra}
+
+
+def _hand_made_rows():
+    wan = {"bandwidth_mbps": 100.0, "latency_ms": 5.0}
+    return [_row("fedbert-0-4", "fedbert", 0, 8.0), _row("fedbert-0-4@100mbit-5ms", "fedbert", 0, 12.0, wan),
+            _row("fedbiobert-2-2", "fedbiobert", 2, 2.0), _row("fedbiobert-2-2@100mbit-5ms", "fedbiobert", 2, 3.0, wan),
+            _row("fedavg", "fedavg", 4, 4.0),
+            _row("centralized", "centralized", 4, None, status="failed", error="exit status 2: boom")]
+
+
+def test_speedup_is_fedbert_0_l_seconds_per_round_with_the_same_link_over_this_runs():
+    rows = add_speedups(_hand_made_rows())
+    speedups = {row["name"]: row["speedup_vs_fedbert"] for row in rows}
+    assert speedups == {"fedbert-0-4": 1.0, "fedbert-0-4@100mbit-5ms": 1.0, "fedbiobert-2-2": 4.0,
+                        "fedbiobert-2-2@100mbit-5ms": 4.0, "fedavg": 2.0, "centralized": None}
+
+
+def test_no_speedup_without_a_successful_baseline():
+    rows = _hand_made_rows()
+    rows[0]["status"] = "failed"
+    speedups = {row["name"]: row["speedup_vs_fedbert"] for row in add_speedups(rows)}
+    assert speedups["fedbiobert-2-2"] is None and speedups["fedavg"] is None
+    assert speedups["fedbiobert-2-2@100mbit-5ms"] == 4.0
+
+
+def test_markdown_table_of_hand_made_rows():
+    rows = add_speedups(_hand_made_rows())
+    lines = markdown_table(rows).splitlines()
+    assert lines[0].startswith("| run | link | s/round | tokens/s | speedup vs fedbert 0-L | MB up/round |")
+    assert len(lines) == 2 + len(rows)
+    assert lines[5] == ("| fedbiobert-2-2@100mbit-5ms | 100 Mbit/s, 5 ms | 3.00 | 1,000 | 4.00x | 2.50 | - "
+                        "| 7.2500 | 1,234.5 | ok |")
+    assert lines[-1].startswith("| centralized | none | - | 1,000 | - |") and lines[-1].endswith("| failed |")
+    machine = {"device": "cpu", "processor": "test cpu", "cpu_count": 2, "platform": "test", "python": "3",
+               "torch": "2", "git_commit": "abc"}
+    text = results_markdown(rows, machine, QUICK, "python -m fedbiobert.bench --quick --out x")
+    assert "`python -m fedbiobert.bench --quick --out x`" in text and "preset `quick`" in text
+    assert "median wall time of the rounds after the first" in text
+    assert "`centralized`: exit status 2: boom" in text
+
+
+def test_bad_option_exits_2_before_any_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    for argv, named in ((["--links", "none,100:x"], "'100:x'"), (["--only", "nope"], "'nope'"),
+                        (["--preset", "huge"], "'huge'"), (["--nproc", "7"], "--nproc 7"),
+                        (["--quick", "--preset", "gpu"], "gpu and quick"),
+                        (["--data_dir", str(tmp_path / "missing")], "missing")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out", str(out), *argv])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and named in error, error
+    assert not out.exists()
+
+
+def test_tiny_benchmark_end_to_end(tmp_path, small_corpus):
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "fedbiobert.bench", "--tiny", "--out", str(out), "--nproc", "2",
+               "--only", "fedbiobert-1-3,fedbiobert-3-1", "--data_dir", str(small_corpus),
+               "--cache_dir", str(tmp_path / "cache")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "[1/2] fedbiobert-1-3" in result.stdout and "s/round" in result.stdout
+    rows = json.loads((out / "results.json").read_text())
+    assert [row["name"] for row in rows] == ["fedbiobert-1-3", "fedbiobert-3-1"]
+    for row in rows:
+        assert row["status"] == "ok" and row["rounds"] == 2 and row["link"] is None
+        assert row["seconds_per_round"] > 0 and row["tokens_per_second"] > 0 and row["val_perplexity"] > 1
+        assert row["bytes_up_per_round"] > 0 and row["speedup_vs_fedbert"] is None
+        assert (out / "logs" / f"{row['name']}.log").is_file()
+        assert not list((out / "runs" / row["name"]).glob("round[0-9]*"))  # model exports pruned
+    assert json.loads((out / "machine.json").read_text())["preset"] == "tiny"
+    assert "| fedbiobert-3-1 | none |" in (out / "results.md").read_text()
+    assert (out / "loss_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

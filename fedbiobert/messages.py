@@ -34,8 +34,9 @@ _DTYPE_CODE = {dtype: code for code, dtype in enumerate(_DTYPES)}
 class Kind(IntEnum):
     ACTIVATION = 1  # client -> server: hidden states at the cut (+ what the server needs to use them)
     OUTPUT = 2      # server -> client: server-side hidden states at masked positions (client-head mode)
-    GRAD = 3        # gradient of the final loss: w.r.t. OUTPUT (client -> server), or w.r.t. the
-                    # ACTIVATION (server -> client, fedbert only)
+    # GRAD: gradient of the final loss w.r.t. OUTPUT (client -> server), or w.r.t. the
+    # ACTIVATION (server -> client, fedbert only)
+    GRAD = 3
     STATE = 4       # model weights
     CONTROL = 5     # round boundaries and termination
 

@@ -104,7 +104,8 @@ def test_fedavg_of_identical_clients_equals_centralized(tmp_path):
     (tmp_path / "twins" / "b.txt").write_bytes(twin_a.read_bytes())
     copy_head("pubmed_hoc_abstracts.txt", tmp_path / "single" / "a.txt", 150)
     common = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "1", "--n_comm_rounds", "2",
-              "--num_batch", "3", "--client_seeds", "shared", "--fl_aggregate", "scheme=federated_average,weighting=uniform",
+              "--num_batch", "3", "--client_seeds", "shared",
+              "--fl_aggregate", "scheme=federated_average,weighting=uniform",
               "--val_ratio", "0", "--num_threads", "1", "--tokenizer", str(SCIVOCAB)]
     cache = tmp_path / "cache"
     fedavg = torchrun(2, [*common, "--algorithm", "fedavg", "--n_clients", "2", "--partition_data", "by_file",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedbiobert.messages import Kind
 from fedbiobert.optim import build_optimizer, set_learning_rate
 
 
@@ -74,6 +75,45 @@ class ServerTrainer(ABC):
     @abstractmethod
     def samples_seen(self) -> int:
         """Sequences trained on this round (the server replica's FedAvg weight)."""
+
+
+class SplitServerTrainer(ServerTrainer):
+    """What the split algorithms' servers share: the optimizer, the per-batch state awaiting a
+    client's GRAD (keyed by client rank and step), and dispatch on the message kind."""
+
+    def __init__(self, algorithm, model, channel, round_idx: int):
+        config = algorithm.config
+        self.model, self.channel, self.round_idx = model, channel, round_idx
+        self.head_on_client = config.head_placement == "client"
+        self.wire_dtype = config.wire_dtype
+        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+        self.awaiting_grad: dict[tuple[int, int], tuple] = {}  # (client rank, step) -> what the GRAD needs
+        self._samples = 0
+
+    @property
+    def samples_seen(self) -> int:
+        return self._samples
+
+    def handle(self, message) -> StepResult | None:
+        if message.kind is Kind.ACTIVATION:
+            self._samples += message.tensors[0].shape[0]
+            return self.on_activation(message)
+        if message.kind is Kind.GRAD:
+            return self.on_grad(message)
+        raise RuntimeError(f"server got an unexpected {message.kind.name} from rank {message.source}")
+
+    def finish(self) -> None:
+        if self.awaiting_grad:
+            raise RuntimeError(f"round ended with {len(self.awaiting_grad)} batch(es) never answered by a GRAD: "
+                               f"{sorted(self.awaiting_grad)[:4]}")
+
+    @abstractmethod
+    def on_activation(self, message) -> StepResult | None:
+        ...
+
+    @abstractmethod
+    def on_grad(self, message) -> StepResult | None:
+        ...
 
 
 class Algorithm(ABC):

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, ServerTrainer, Stepper, StepResult, expect,
+from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult, expect,
                                         loss_value)
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
@@ -73,38 +73,15 @@ class FedBERTClient(ClientTrainer):
                                   scalars=scalars, tensors=tensors), self.server_rank)
 
 
-class FedBERTServer(ServerTrainer):
-    def __init__(self, algorithm, model, channel, round_idx: int):
-        config = algorithm.config
-        self.model, self.channel, self.round_idx = model, channel, round_idx
-        self.head_on_client = config.head_placement == "client"
-        self.wire_dtype = config.wire_dtype
-        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
-        self.graphs: dict[tuple[int, int], tuple] = {}  # (client rank, step) -> (cut input, output)
-        self._samples = 0
+class FedBERTServer(SplitServerTrainer):
+    """Keeps each batch's graph (cut input, output) in `awaiting_grad` until the client's GRAD."""
 
-    @property
-    def samples_seen(self) -> int:
-        return self._samples
-
-    def handle(self, message: Message) -> StepResult | None:
-        if message.kind is Kind.ACTIVATION:
-            return self._on_activation(message)
-        if message.kind is Kind.GRAD:
-            return self._on_output_grad(message)
-        raise RuntimeError(f"server got an unexpected {message.kind.name} from rank {message.source}")
-
-    def finish(self) -> None:
-        if self.graphs:
-            raise RuntimeError(f"round ended with {len(self.graphs)} batch(es) never answered by a GRAD")
-
-    def _on_activation(self, message: Message) -> StepResult | None:
+    def on_activation(self, message: Message) -> StepResult | None:
         hidden, mask, positions = message.tensors[:3]
-        self._samples += hidden.shape[0]
         cut_input = hidden.float().requires_grad_()
         output = gather_masked(self.model(cut_input, mask.long()), positions)
         if self.head_on_client:
-            self.graphs[(message.source, message.step)] = (cut_input, output)
+            self.awaiting_grad[(message.source, message.step)] = (cut_input, output)
             self._reply(message, Kind.OUTPUT, [output.detach().to(self.wire_dtype)])
             return None
         final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
@@ -114,8 +91,8 @@ class FedBERTServer(ServerTrainer):
         self.stepper.step(message.step)
         return StepResult(global_loss=value, tokens=int(mask.sum()), step=message.step, client_id=message.client_id)
 
-    def _on_output_grad(self, message: Message) -> StepResult:
-        cut_input, output = self.graphs.pop((message.source, message.step))
+    def on_grad(self, message: Message) -> StepResult:
+        cut_input, output = self.awaiting_grad.pop((message.source, message.step))
         output.backward(message.tensors[0].float())
         self._reply(message, Kind.GRAD, [cut_input.grad.to(self.wire_dtype)])  # paired with FedBERTClient.step
         self.stepper.step(message.step)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, ServerTrainer, Stepper, StepResult, expect,
+from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult, expect,
                                         loss_value)
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
@@ -107,37 +107,11 @@ class FedBioBERTClient(ClientTrainer):
         return losses
 
 
-class FedBioBERTServer(ServerTrainer):
-    def __init__(self, algorithm: "FedBioBERT", model, channel, round_idx: int):
-        config = algorithm.config
-        self.model = model
-        self.channel = channel
-        self.round_idx = round_idx
-        self.head_on_client = config.head_placement == "client"
-        self.wire_dtype = config.wire_dtype
-        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
-        self.awaiting_grad: dict[tuple[int, int], tuple] = {}  # (client rank, step) -> forward inputs
-        self._samples = 0
+class FedBioBERTServer(SplitServerTrainer):
+    """In client-head mode `awaiting_grad` holds each batch's forward inputs and RNG state."""
 
-    @property
-    def samples_seen(self) -> int:
-        return self._samples
-
-    def handle(self, message: Message) -> StepResult | None:
-        if message.kind is Kind.ACTIVATION:
-            return self._on_activation(message)
-        if message.kind is Kind.GRAD:
-            return self._on_grad(message)
-        raise RuntimeError(f"server got an unexpected {message.kind.name} from rank {message.source}")
-
-    def finish(self) -> None:
-        if self.awaiting_grad:
-            raise RuntimeError(f"round ended with {len(self.awaiting_grad)} OUTPUT(s) never answered by a GRAD: "
-                               f"{sorted(self.awaiting_grad)[:4]}")
-
-    def _on_activation(self, message: Message) -> StepResult | None:
+    def on_activation(self, message: Message) -> StepResult | None:
         hidden, mask, positions = message.tensors[:3]
-        self._samples += hidden.shape[0]
         if self.head_on_client:
             return self._forward_for_client_head(message, hidden, mask, positions)
         output = gather_masked(self.model(hidden.float(), mask.long()), positions)
@@ -163,7 +137,7 @@ class FedBioBERTServer(ServerTrainer):
         self.channel.send(reply, message.source)  # paired with FedBioBERTClient._settle_outputs
         return None
 
-    def _on_grad(self, message: Message) -> StepResult:
+    def on_grad(self, message: Message) -> StepResult:
         hidden, mask, positions, rng_state = self.awaiting_grad.pop((message.source, message.step))
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(rng_state)

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedbiobert.bench.matrix import BenchError, RunSpec, build_matrix, link_label, parse_links, select
+from fedbiobert.bench.matrix import (FEDBERT_SCHEDULES, BenchError, RunSpec, algorithm_kinds, build_matrix, link_label,
+                                     parse_links, select)
 from fedbiobert.bench.presets import PRESETS, PUBLIC_PRESETS, Preset
 from fedbiobert.bench.report import write_outputs
 from fedbiobert.bench.results import add_speedups, machine_info, result_row
@@ -40,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR, help="corpus (default: %(default)s)")
     parser.add_argument("--only", help="comma-separated runs to do: entry names (every link) or NAME@LINK; "
                         "shell globs allowed, e.g. 'fedbiobert-*'")
-    parser.add_argument("--nproc", type=int, default=3, help="processes per run: 1 server + N-1 client processes "
-                        "for fedbert/fedbiobert, N clients for fedavg; centralized always 1 (default 3)")
+    parser.add_argument("--nproc", type=int, default=3, help="fedbiobert: 1 server + N-1 client processes; fedbert: "
+                        "N-1 client processes, each with its own server replica (parallel schedule) or sharing 1 "
+                        "server (sequential); fedavg: N client processes; centralized: 1 (default 3)")
+    parser.add_argument("--fedbert_schedule", default="parallel", help="fedbert's servers: parallel (a replica per "
+                        f"client process) or sequential (one shared server) (accepted: {', '.join(FEDBERT_SCHEDULES)}; "
+                        "default parallel)")
     parser.add_argument("--links", help="comma-separated link settings: none or MBIT_PER_S:LATENCY_MS "
                         "(default: the preset's, e.g. none,100:5)")
     parser.add_argument("--cache_dir", type=Path, help="tokenizer and token cache given to every run")
@@ -77,7 +82,7 @@ def plan(args: argparse.Namespace) -> tuple[Preset, list[RunSpec], RunnerSetting
     """Every check of the options, before anything runs. Raises BenchError."""
     preset = choose_preset(args)
     links = parse_links(args.links if args.links is not None else preset.links)
-    specs = select(build_matrix(preset, links, args.nproc), args.only)
+    specs = select(build_matrix(preset, links, args.nproc, algorithm_kinds(args.fedbert_schedule)), args.only)
     if not args.data_dir.exists():
         raise BenchError(f"--data_dir '{args.data_dir}' does not exist (accepted: a corpus file or folder)")
     if args.out.exists() and not args.out.is_dir():

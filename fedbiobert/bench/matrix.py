@@ -8,9 +8,14 @@ Token budget: every run trains n_clients x num_batch batches of batch_size x max
 (participation 1.0). Centralized training has one client holding all data, so it gets
 num_batch x n_clients batches per round on one process: the same tokens per round.
 
-Links: a link emulates the WAN between client processes and servers (--link_bandwidth_mbps,
---link_latency_ms). It applies only to algorithms with a server; FedAvg and centralized training run
-once, with link None (FedAvg's once-per-round model exchange is not emulated; see results.md).
+Processes (--nproc N): fedbiobert runs 1 server + N-1 client processes; fedbert gives each of its
+N-1 client processes its own server replica (--server_schedule parallel: 2(N-1) processes) unless
+the sequential schedule is chosen (1 shared server, N processes); fedavg runs N client processes;
+centralized 1.
+
+Links: a link emulates the WAN between each client process and its server (--link_bandwidth_mbps,
+--link_latency_ms): split traffic and the per-round model exchange. FedAvg runs with every link
+setting too (its per-round model exchange crosses the link); centralized training runs once, link None.
 """
 from __future__ import annotations
 
@@ -78,19 +83,34 @@ def _parse_link(item: str, text: str) -> Link | None:
 
 @dataclass(frozen=True)
 class AlgorithmKind:
-    """How an algorithm is launched."""
-    num_device: int           # server processes (the first ranks)
-    single_process: bool      # one process holding every silo's data (centralized)
-    link_applies: bool        # an emulated client-server link slows it down
+    """How an algorithm is launched, given the client processes of a run."""
+    servers: str               # "none", "one" (shared by all client processes) or "per_client" (a replica each)
+    single_process: bool       # one process holding every silo's data (centralized)
+    link_applies: bool         # an emulated link slows it down (client-server traffic and/or model exchange)
+    flags: tuple[str, ...] = ()
+
+    def num_device(self, client_processes: int) -> int:
+        return {"none": 0, "one": 1, "per_client": client_processes}[self.servers]
 
 
 ALGORITHMS: dict[str, AlgorithmKind] = {
-    "fedbert": AlgorithmKind(num_device=1, single_process=False, link_applies=True),
-    "fedbiobert": AlgorithmKind(num_device=1, single_process=False, link_applies=True),
-    "fedavg": AlgorithmKind(num_device=0, single_process=False, link_applies=False),
-    "centralized": AlgorithmKind(num_device=0, single_process=True, link_applies=False),
+    "fedbert": AlgorithmKind("per_client", False, True, ("--server_schedule", "parallel")),
+    "fedbiobert": AlgorithmKind("one", False, True),
+    "fedavg": AlgorithmKind("none", False, True),       # the link carries its per-round model exchange
+    "centralized": AlgorithmKind("none", True, False),
+}
+FEDBERT_SCHEDULES: dict[str, AlgorithmKind] = {
+    "parallel": ALGORITHMS["fedbert"],                  # a server replica per client process
+    "sequential": AlgorithmKind("one", False, True, ("--server_schedule", "sequential")),  # one shared server
 }
 BASELINE = "fedbert"  # speedups are against fedbert with 0 client layers (the original FedBERT)
+
+
+def algorithm_kinds(fedbert_schedule: str = "parallel") -> dict[str, AlgorithmKind]:
+    if fedbert_schedule not in FEDBERT_SCHEDULES:
+        raise BenchError(f"--fedbert_schedule '{fedbert_schedule}' is unknown (accepted: "
+                         f"{', '.join(FEDBERT_SCHEDULES)})")
+    return {**ALGORITHMS, "fedbert": FEDBERT_SCHEDULES[fedbert_schedule]}
 
 
 @dataclass(frozen=True)
@@ -148,24 +168,36 @@ def run_name(entry: Entry, link: Link | None) -> str:
     return entry.name if link is None else f"{entry.name}@{link.slug}"
 
 
-def make_spec(entry: Entry, link: Link | None, preset: Preset, nproc: int) -> RunSpec:
-    kind = ALGORITHMS[entry.algorithm]
+def client_processes(kind: AlgorithmKind, nproc: int) -> int:
+    """--nproc counts one server + client processes for split algorithms, all clients for fedavg."""
+    if kind.single_process:
+        return 1
+    return nproc if kind.servers == "none" else nproc - 1
+
+
+def make_spec(entry: Entry, link: Link | None, preset: Preset, nproc: int, kind: AlgorithmKind) -> RunSpec:
     pooled = kind.single_process
+    clients = client_processes(kind, nproc)
+    servers = kind.num_device(clients)
     return RunSpec(name=run_name(entry, link), entry=entry.name, algorithm=entry.algorithm,
                    num_client_encoder=entry.num_client_encoder, num_server_encoder=entry.num_server_encoder,
-                   link=link, nproc=1 if pooled else nproc, num_device=kind.num_device,
+                   link=link, nproc=clients + servers, num_device=servers,
                    n_clients=1 if pooled else preset.n_clients,
                    num_batch=preset.num_batch * (preset.n_clients if pooled else 1),
-                   batch_size=preset.batch_size, max_len=preset.max_len, model_flags=tuple(preset.model_flags()))
+                   batch_size=preset.batch_size, max_len=preset.max_len,
+                   model_flags=tuple(preset.model_flags()) + kind.flags)
 
 
-def build_matrix(preset: Preset, links: list[Link | None], nproc: int) -> list[RunSpec]:
-    """Every entry with every link setting; algorithms without a server run once, with link None."""
+def build_matrix(preset: Preset, links: list[Link | None], nproc: int,
+                 kinds: dict[str, AlgorithmKind] | None = None) -> list[RunSpec]:
+    """Every entry with every link setting; algorithms the link does not apply to run once, link None."""
     check_nproc(nproc, preset)
+    kinds = kinds or ALGORITHMS
     specs = []
     for entry in entries(preset):
-        entry_links = links if ALGORITHMS[entry.algorithm].link_applies else [None]
-        specs += [make_spec(entry, link, preset, nproc) for link in entry_links]
+        kind = kinds[entry.algorithm]
+        entry_links = links if kind.link_applies else [None]
+        specs += [make_spec(entry, link, preset, nproc, kind) for link in entry_links]
     return specs
 
 

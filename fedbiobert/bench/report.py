@@ -68,11 +68,14 @@ def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: s
         "- **speedup vs fedbert 0-L** = s/round of `fedbert-0-L` (the original FedBERT: embeddings and MLM head "
         "on the client, every encoder layer on the server) under the same link / this run's s/round; "
         "fedavg and centralized, which run without an emulated link, compare with the no-link baseline.",
-        "- **link**: emulated WAN between client processes and servers (bandwidth, one-way latency); it applies "
-        "only to algorithms with a server. FedAvg's once-per-round model exchange is not emulated, so fedavg "
-        "and centralized run once, with link none.",
-        "- **MB up/down per round**: bytes client processes sent to / received from servers per round "
-        "(activations, gradients, labels), summed over client processes.",
+        "- **link**: emulated WAN between each client process and its server (bandwidth per direction, one-way "
+        "latency); it carries split traffic and the per-round model exchange, and FedAvg's model exchange too. "
+        "Centralized training has no link and runs once.",
+        "- **processes** (results.json nproc, num_device): fedbiobert 1 server + client processes; fedbert "
+        "(server_schedule parallel) a server replica per client process; fedavg client processes only; "
+        "centralized 1. Every process of a run shares this machine's cores.",
+        "- **MB up/down per round**: bytes client processes sent / received per round (activations, gradients, "
+        "labels, and the model exchange of FedAvg), summed over client processes, as the engine counts them.",
         "- **final global MLM loss**: mean training loss of the final head over the last round; "
         "**val perplexity**: exp of the held-out MLM loss of the joined model after the last round.",
         "- loss_vs_time.png: validation and global loss at each round end against cumulative training time.",

@@ -54,7 +54,7 @@ def spec_fields(spec: RunSpec) -> dict:
     return {"name": spec.name, "entry": spec.entry, "algorithm": spec.algorithm,
             "num_client_encoder": spec.num_client_encoder, "num_server_encoder": spec.num_server_encoder,
             "link": spec.link.to_json() if spec.link is not None else None, "nproc": spec.nproc,
-            "n_clients": spec.n_clients, "num_batch": spec.num_batch, "tokens_per_round_budget": spec.tokens_per_round}
+            "num_device": spec.num_device,             "n_clients": spec.n_clients, "num_batch": spec.num_batch, "tokens_per_round_budget": spec.tokens_per_round}
 
 
 def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:

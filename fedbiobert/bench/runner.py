@@ -88,7 +88,11 @@ def _run_once(spec: RunSpec, settings: RunnerSettings, on_round: Callable[[dict]
         log.flush()
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        returncode = _watch(process, run_dir / "metrics.jsonl", on_round, started + settings.timeout)
+        try:
+            returncode = _watch(process, run_dir / "metrics.jsonl", on_round, started + settings.timeout)
+        except BaseException:  # Ctrl-C or a bug here: never leave the run's processes behind
+            stop(process)
+            raise
     seconds = time.time() - started
     return _outcome(returncode, seconds, log_path, run_dir, settings.timeout)
 

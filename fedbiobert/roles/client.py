@@ -39,7 +39,8 @@ class ClientProcess(RoleProcess):
         self.server_rank = self.topology.server_of(self.rank)  # None: no server (fedavg, centralized)
         if self.server_rank is not None:
             self.channel = link_channel(session, self.server_rank)
-        self.link = LinkModel(self.config.link_bandwidth_mbps, self.config.link_latency_ms) if self.config.link else None
+        config = self.config
+        self.link = LinkModel(config.link_bandwidth_mbps, config.link_latency_ms) if config.link else None
         self.events = EventLog(self.rank, "client", session.start_time)
         self._apply_resume(session.resume)
 
@@ -75,7 +76,8 @@ class ClientProcess(RoleProcess):
 
     def _train_client(self, client_id: int, round_idx: int) -> None:
         config = self.config
-        seed_torch(config.manual_seed, "client-dropout", round_idx, self._seed_key(client_id), self._process_salt())
+        seed_torch(config.manual_seed, "client-dropout", round_idx, self._seed_key(client_id),
+                   self._process_salt())
         self.model.train()
         trainer = self.algorithm.client_trainer(self.model, self.channel, self.server_rank, client_id, round_idx)
         started = time.time()
@@ -98,9 +100,9 @@ class ClientProcess(RoleProcess):
 
     def _batches(self, client_id: int, round_idx: int, local_round: int):
         config = self.config
+        seed = derive_seed(config.manual_seed, "batches", round_idx, self._seed_key(client_id), local_round)
         return client_batches(self.session.corpus, self.session.client_indices[client_id], config.batch_size,
-                              config.num_batch, self.session.masking,
-                              seed=derive_seed(config.manual_seed, "batches", round_idx, self._seed_key(client_id), local_round),
+                              config.num_batch, self.session.masking, seed=seed,
                               num_workers=config.num_workers, pin_memory=config.pin_memory)
 
     def round_piece(self) -> RoundPiece:

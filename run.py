@@ -20,6 +20,7 @@ from fedbiobert.config import ConfigError, parse_config, validate_paths, validat
 from fedbiobert.checkpoint import load_resume_for, prepare_output_dir
 from fedbiobert.logs import setup_logging
 from fedbiobert.roles import build_role
+from fedbiobert.roles.base import NonFiniteError, RoundAborted
 from fedbiobert.session import build_session
 from fedbiobert.topology import Topology
 
@@ -37,6 +38,13 @@ def check_config(argv):
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return config, launch, resume
+
+
+def exit_code(error: Exception) -> int:
+    """2: bad input; 3: the run stopped on purpose (too few clients, NaN/inf); 1: anything else."""
+    if isinstance(error, ValueError):
+        return 2
+    return 3 if isinstance(error, (NonFiniteError, RoundAborted)) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         role.run()
         role.finish(time.time() - started)
     except Exception as error:  # report who failed, then leave without waiting for peers
-        expected = isinstance(error, (ValueError, PeerError))  # no traceback for a user or peer error
+        expected = isinstance(error, (ValueError, PeerError, NonFiniteError, RoundAborted))  # no traceback
         where = f" in round {role.current_round + 1}" if role is not None else " while starting"
         logger.error("%s failed%s: %s: %s", topology.describe(rank), where, type(error).__name__, error,
                      exc_info=not expected)
         logging.shutdown()
-        os._exit(2 if isinstance(error, ValueError) else 1)
+        os._exit(exit_code(error))
     shutdown()
     return 0
 

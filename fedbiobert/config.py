@@ -86,6 +86,11 @@ class Config:
                              group="federation")
     comm_dtype: str = _opt("fp32", "dtype of activations and gradients on the wire", choices=COMM_DTYPES,
                            group="federation")
+    min_clients: int = _opt(1, "a round completes only if at least this many sampled clients report a usable "
+                            "update; otherwise the run stops at the last checkpoint", group="federation")
+    on_nonfinite: str = _opt("stop", "a client whose loss or update is NaN/inf: stop the run, or skip_client "
+                             "(its update is left out of the average)", choices=("stop", "skip_client"),
+                             group="federation")
     max_inflight: int = _opt(4, "batches a client may run ahead of its server (client-head mode)",
                              group="federation")
     # --- optimisation -------------------------------------------------------------------
@@ -324,10 +329,14 @@ def validate_static(config: Config) -> None:
 
 
 def _validate_counts(config: Config) -> None:
-    for name in ("n_clients", "n_comm_rounds", "n_local_rounds", "num_batch", "batch_size", "max_inflight"):
+    for name in ("n_clients", "n_comm_rounds", "n_local_rounds", "num_batch", "batch_size", "max_inflight",
+                 "min_clients"):
         value = getattr(config, name)
         _require(value >= 1, f"--{name} {value} must be at least 1")
     _validate_servers(config)
+    _require(config.min_clients <= config.clients_per_round,
+             f"--min_clients {config.min_clients} exceeds the {config.clients_per_round} clients sampled per round "
+             f"(--n_clients {config.n_clients} x --participation_ratio {config.participation_ratio})")
     if config.link_bandwidth_mbps is not None:
         _require(config.link_bandwidth_mbps > 0, f"--link_bandwidth_mbps {config.link_bandwidth_mbps} must be positive")
     _require(config.link_latency_ms >= 0, f"--link_latency_ms {config.link_latency_ms} must be 0 or more")

@@ -37,15 +37,22 @@ class Stepper:
         self.max_grad_norm = max_grad_norm
         self.before_step: list = []  # callables(module) run with the raw gradients (tests, diagnostics)
         self.module = module
+        self.skipped_steps = 0  # steps whose gradients were not finite
 
-    def step(self, global_step: int) -> None:
+    def step(self, global_step: int) -> bool:
+        """Clip, then step at the schedule's rate; a non-finite gradient skips the step (so NaN or
+        inf never reaches the weights) and returns False."""
         for hook in self.before_step:
             hook(self.module)
-        if self.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
-        set_learning_rate(self.optimizer, self.schedule(global_step))
-        self.optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm or float("inf"))
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            set_learning_rate(self.optimizer, self.schedule(global_step))
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
+        return finite
 
 
 class ClientTrainer(ABC):

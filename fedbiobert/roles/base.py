@@ -12,6 +12,14 @@ from fedbiobert.roles.round_end import ByteDelta, RoundPiece, RoundWriter
 logger = logging.getLogger(__name__)
 
 
+class NonFiniteError(RuntimeError):
+    """A loss or update became NaN/inf and --on_nonfinite stop is in force."""
+
+
+class RoundAborted(RuntimeError):
+    """Too few clients reported this round (--min_clients): the run stops at the last checkpoint."""
+
+
 class RoleProcess(ABC):
     role_name = ""
 
@@ -63,6 +71,10 @@ class RoleProcess(ABC):
         piece.seconds = self.time_breakdown()
         piece.bytes_sent, piece.bytes_received = self.byte_delta.take(self.byte_counter)
         pieces = self.session.collectives.gather_to_rank0(piece)  # every rank calls, once per round
+        failure = self.writer.round_failure(round_idx, pieces) if self.writer is not None else None
+        failure = self.session.collectives.broadcast_from_rank0(failure)  # every rank learns rank 0's verdict
+        if failure is not None:
+            raise RoundAborted(failure)
         if self.writer is not None:
             self.writer.write(round_idx, pieces)
 

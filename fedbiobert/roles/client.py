@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
+
 from fedbiobert.aggregate import WeightedSum
 from fedbiobert.comm import LinkModel, link_channel
 from fedbiobert.data import client_batches
 from fedbiobert.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
 from fedbiobert.model import load_unique_state, unique_state
-from fedbiobert.roles.base import RoleProcess
+from fedbiobert.roles.base import NonFiniteError, RoleProcess
 from fedbiobert.roles.round_end import RoundPiece, cpu_state
 from fedbiobert.seeding import derive_seed, seed_torch
 
@@ -48,12 +50,17 @@ class ClientProcess(RoleProcess):
     def train_round(self, round_idx: int) -> None:
         weighted_sum = WeightedSum(self.global_state, self.federated_keys)
         trained_silos = self.topology.clients_for(self.rank, round_idx)
+        self.silos_sampled, self.silos_reported = len(trained_silos), 0
         for client_id in trained_silos:
             self._load_client(client_id)
-            self._train_client(client_id, round_idx)
+            problem = self._train_client(client_id, round_idx)
+            if problem is not None:
+                self._drop_silo(client_id, round_idx, problem)
+                continue
             trained = unique_state(self.model)
             weighted_sum.add(trained, self.session.client_weight(client_id))
             self._keep_private(client_id, trained)
+            self.silos_reported += 1
         if self.channel is not None:
             # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
             self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
@@ -74,7 +81,8 @@ class ClientProcess(RoleProcess):
             time.sleep(delay)
             self.extra_comm_seconds += delay
 
-    def _train_client(self, client_id: int, round_idx: int) -> None:
+    def _train_client(self, client_id: int, round_idx: int) -> str | None:
+        """Train one silo for this round; returns what makes its update unusable, or None."""
         config = self.config
         seed_torch(config.manual_seed, "client-dropout", round_idx, self._seed_key(client_id),
                    self._process_salt())
@@ -89,6 +97,23 @@ class ClientProcess(RoleProcess):
         for result in trainer.finish():
             self._record(result, round_idx)
         logger.debug("client %d round %d trained in %.2fs", client_id, round_idx + 1, time.time() - started)
+        return self._nonfinite_problem(trainer)
+
+    def _nonfinite_problem(self, trainer) -> str | None:
+        if trainer.stepper.skipped_steps:
+            return f"{trainer.stepper.skipped_steps} step(s) had a NaN/inf loss or gradient"
+        if not all(bool(torch.isfinite(param).all()) for param in self.model.parameters()):
+            return "its weights are NaN/inf"
+        return None
+
+    def _drop_silo(self, client_id: int, round_idx: int, problem: str) -> None:
+        """A poisoned update is never averaged: stop the run, or leave this silo out of the round."""
+        where = f"client {client_id} in round {round_idx + 1}"
+        if self.config.on_nonfinite == "stop":
+            raise NonFiniteError(f"{where}: {problem}; stopping (the last checkpoint is intact; "
+                                 "--on_nonfinite skip_client leaves such updates out instead)")
+        logger.warning("%s: %s; its update is left out of the average", where, problem)
+        self.events.record("dropped", round=round_idx + 1, client_id=client_id, reason=problem)
 
     def _seed_key(self, client_id: int) -> int:
         """What makes a silo's seeds differ: its id, or nothing with --client_seeds shared."""
@@ -109,7 +134,8 @@ class ClientProcess(RoleProcess):
         first_client = self.rank == self.topology.client_ranks[0]
         return RoundPiece(rank=self.rank, role="client", events=self.events.drain(),
                           client_state=cpu_state(self.global_state) if first_client else None,
-                          private_states=self.private_states)
+                          private_states=self.private_states, silos_sampled=self.silos_sampled,
+                          silos_reported=self.silos_reported)
 
     # --- state ---------------------------------------------------------------------------------------
     def _load_client(self, client_id: int) -> None:

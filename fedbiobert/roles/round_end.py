@@ -35,6 +35,8 @@ class RoundPiece:
     server_state: dict | None = None           # this server's replica (after FedAvg if enabled)
     private_states: dict[int, dict] = field(default_factory=dict)  # client_id -> non-federated tensors
     seconds: dict[str, float] = field(default_factory=dict)  # compute / wait / comm / elapsed this round
+    silos_sampled: int = 0       # client processes: silos sampled here this round
+    silos_reported: int = 0      # ... and those whose update went into the average
 
 
 def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -68,6 +70,18 @@ class RoundWriter:
                                               max_batches=self.config.val_batches)
         self.round_started = time.time()
         self.history: list[dict] = []
+
+    def round_failure(self, round_idx: int, pieces: list[RoundPiece]) -> str | None:
+        """Why this round cannot be kept (too few clients reported), or None."""
+        sampled = sum(piece.silos_sampled for piece in pieces)
+        reported = sum(piece.silos_reported for piece in pieces)
+        if reported >= self.config.min_clients:
+            if reported < sampled:
+                logger.warning("round %d: %d of %d sampled clients reported; averaging over those",
+                               round_idx + 1, reported, sampled)
+            return None
+        return (f"round {round_idx + 1}: only {reported} of {sampled} sampled clients reported a usable update "
+                f"(--min_clients {self.config.min_clients}); stopping at the checkpoint of round {round_idx}")
 
     def write(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
         state = self._resume_state(round_idx, pieces)

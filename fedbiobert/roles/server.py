@@ -52,6 +52,9 @@ class ServerProcess(RoleProcess):
             self._serve(trainer, round_idx, set(self.client_ranks), source=None)
         trainer.finish()
         self.channel.flush()
+        if trainer.stepper.skipped_steps:
+            logger.warning("server rank %d round %d: skipped %d step(s) with NaN/inf gradients", self.rank,
+                           round_idx + 1, trainer.stepper.skipped_steps)
         return trainer.samples_seen
 
     def _serve(self, trainer, round_idx: int, still_sending: set[int], source: int | None) -> None:

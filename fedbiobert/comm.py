@@ -233,6 +233,20 @@ def link_channel(session, server_rank: int) -> Channel:
 # ------------------------------------------------------------------------------------------------
 # Collectives
 # ------------------------------------------------------------------------------------------------
+def _collective(what: str):
+    """Turn a collective's failure (a peer died or timed out) into a one-line PeerError."""
+    def decorate(function):
+        def wrapped(self, *args, **kwargs):
+            try:
+                return function(self, *args, **kwargs)
+            except RuntimeError as error:  # gloo and NCCL failures (DistBackendError included)
+                first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+                raise PeerError(f"rank {dist.get_rank()}: {what} failed (a peer died or stopped answering "
+                                f"within --comm_timeout): {first_line}") from None
+        return wrapped
+    return decorate
+
+
 class Collectives:
     """The round-end collectives. Every call is made by every member of its group, in the same order."""
 
@@ -240,9 +254,11 @@ class Collectives:
         self.groups = groups
         self.device = device
 
+    @_collective("the FedAvg all-reduce among client processes")
     def sum_clients(self, flat: torch.Tensor) -> torch.Tensor:
         return self._sum(flat, self.groups.clients)
 
+    @_collective("the FedAvg all-reduce among server processes")
     def sum_servers(self, flat: torch.Tensor) -> torch.Tensor:
         return self._sum(flat, self.groups.servers)
 
@@ -251,17 +267,20 @@ class Collectives:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         return flat
 
+    @_collective("the round-end gather to rank 0")
     def gather_to_rank0(self, obj) -> list | None:
         """Every rank contributes one picklable object; rank 0 gets the list (others get None)."""
         output = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
         dist.gather_object(obj, output, dst=0, group=self.groups.cpu)
         return output
 
+    @_collective("the round-end broadcast from rank 0")
     def broadcast_from_rank0(self, obj):
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.groups.cpu)
         return box[0]
 
+    @_collective("waiting for local rank 0 to prepare the data")
     def long_barrier(self, timeout_s: float = 3 * 3600) -> None:
         """A barrier that waits long enough for one rank to tokenize a corpus (monitored: on a
         timeout it names the ranks that never arrived)."""

@@ -25,14 +25,18 @@ from fedbiobert.session import build_session
 from fedbiobert.topology import Topology
 
 logger = logging.getLogger("fedbiobert.run")
+# A non-zero local rank that fails before training waits this long before it leaves: local rank 0 meets the
+# same error (a bad option, bad data, an impossible partition) and says it, and the launcher, seeing it exit,
+# stops the others. Leaving at once could get local rank 0 stopped before it had said anything.
+STARTUP_REPORT_DELAY_S = 10.0
 
 
 def check_config(argv):
     config = parse_config(argv)
     launch = launch_info_from_env()
     validate_static(config)
-    validate_paths(config)
     validate_world(config, launch.world_size, launch.local_world_size, torch.cuda.is_available())
+    validate_paths(config)  # reads every corpus file (about 0.1 s for 28 MB): after the cheap checks
     try:
         resume = load_resume_for(config)
     except ValueError as error:
@@ -47,6 +51,16 @@ def exit_code(error: Exception) -> int:
     return 3 if isinstance(error, (NonFiniteError, RoundAborted)) else 1
 
 
+def report_failure(error: Exception, topology: Topology, launch, role) -> None:
+    """One ERROR line naming who failed, where and why; a traceback only for an unexpected error."""
+    if role is None and launch.local_rank != 0:  # said once per node when every rank fails alike
+        time.sleep(STARTUP_REPORT_DELAY_S)
+    expected = isinstance(error, (ValueError, PeerError, NonFiniteError, RoundAborted))  # no traceback
+    where = f" in round {role.current_round + 1}" if role is not None else " while starting"
+    logger.error("%s failed%s: %s: %s", topology.describe(launch.rank), where, type(error).__name__,
+                 " ".join(str(error).split()), exc_info=not expected)
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.time()
     rank = launch_info_from_env().rank
@@ -56,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         if launch_info_from_env().local_rank == 0:  # every rank fails alike: say it once per node
             print(f"run.py: error: {error}", file=sys.stderr)
+        else:
+            time.sleep(STARTUP_REPORT_DELAY_S)  # exiting first would get local rank 0 stopped before it speaks
         return 2
     topology = Topology(launch.world_size, config.num_servers, config.n_clients, config.clients_per_round,
                         config.manual_seed)
@@ -65,16 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         session = build_session(config, launch, topology, groups, started)
         session.resume = resume
-        if rank == 0:
-            prepare_output_dir(config)
         role = build_role(session, build_algorithm(session))
+        if rank == 0:  # only once everything is built: a failure before this leaves no output behind
+            prepare_output_dir(config)
         role.run()
         role.finish(time.time() - started)
     except Exception as error:  # report who failed, then leave without waiting for peers
-        expected = isinstance(error, (ValueError, PeerError, NonFiniteError, RoundAborted))  # no traceback
-        where = f" in round {role.current_round + 1}" if role is not None else " while starting"
-        logger.error("%s failed%s: %s: %s", topology.describe(rank), where, type(error).__name__, error,
-                     exc_info=not expected)
+        report_failure(error, topology, launch, role)
         logging.shutdown()
         os._exit(exit_code(error))
     shutdown()

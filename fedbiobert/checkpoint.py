@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,17 @@ def load_resume_for(config) -> dict | None:
 def load_resume_state(output_dir: str | Path, round_number: int | None, config_values: dict[str, Any]) -> dict:
     """Load and check a resume state. ValueError naming the file if it is corrupt or incompatible."""
     path = resume_state_path(output_dir, round_number)
+    accepted = "(accepted: a state written by a FedBioBERT run; move it away to start over)"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the very end
+        raise ValueError(f"checkpoint '{path}' is damaged: {path.stat().st_size} bytes that are not a complete "
+                         f"torch.save archive (truncated or overwritten?) {accepted}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as error:  # torch raises many kinds for a damaged file
         raise ValueError(f"checkpoint '{path}' is unreadable ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0][:120]})") from None
+                         f"{str(error).splitlines()[0][:120]}) {accepted}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"checkpoint '{path}' is not a FedBioBERT state of format {STATE_FORMAT}")
+        raise ValueError(f"checkpoint '{path}' is not a FedBioBERT state of format {STATE_FORMAT} {accepted}")
     for key in RESUME_MUST_MATCH:
         saved = state["config"].get(key)
         if saved != config_values[key]:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,14 @@ IGNORED_FLAGS = ("pn_normalize", "complex_arch", "world_conf")
 
 class ConfigError(ValueError):
     """A user-facing configuration error; its message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing its usage block on every rank:
+    run.py then says the one line once per node."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see run.py --help)")
 
 
 def _opt(default: Any, help: str, aliases: tuple[str, ...] = (), choices: tuple = (), group: str = "run"):
@@ -246,7 +255,7 @@ def _argument_type(config_field: dataclasses.Field):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="run.py", description="FedBioBERT: SplitFed pre-training of biomedical BERT/RoBERTa.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="YAML or TOML file of options; the command line overrides it")
@@ -267,20 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file of option values, keyed by option name."""
     file_path = Path(path)
-    if not file_path.is_file():
-        raise ConfigError(f"--config '{path}' does not exist (accepted: a .yaml, .yml or .toml file)")
-    text = file_path.read_text(encoding="utf-8")
-    if file_path.suffix in (".yaml", ".yml"):
-        import yaml
-        values = yaml.safe_load(text) or {}
-    elif file_path.suffix == ".toml":
-        import tomllib
-        values = tomllib.loads(text)
-    else:
-        raise ConfigError(f"--config '{path}' has suffix '{file_path.suffix}' (accepted: .yaml, .yml, .toml)")
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config '{path}' must hold a mapping of option names to values")
+    _require(file_path.is_file(), f"--config '{path}' does not exist (accepted: a .yaml, .yml or .toml file)")
+    _require(file_path.suffix in (".yaml", ".yml", ".toml"),
+             f"--config '{path}' has suffix '{file_path.suffix}' (accepted: .yaml, .yml, .toml)")
+    values = _parse_config_text(file_path)
+    _require(isinstance(values, dict), f"--config '{path}' must hold a mapping of option names to values")
     return _normalise_file_values(values, path)
+
+
+def _parse_config_text(path: Path) -> Any:
+    import tomllib
+
+    import yaml
+    try:
+        text = path.read_text(encoding="utf-8")
+        return (yaml.safe_load(text) or {}) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (ValueError, yaml.YAMLError) as error:  # UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"--config '{path}' cannot be parsed ({reason}) (accepted: UTF-8 "
+                          f"{'TOML' if path.suffix == '.toml' else 'YAML'} mapping option names to values)") from None
 
 
 def _normalise_file_values(values: dict[str, Any], path: str) -> dict[str, Any]:
@@ -292,13 +306,23 @@ def _normalise_file_values(values: dict[str, Any], path: str) -> dict[str, Any]:
         if name not in known:
             raise ConfigError(f"--config '{path}' has unknown option '{key}' (see run.py --help)")
         if value is not None and not isinstance(value, bool):
-            value = _argument_type(known[name])(value)
+            value = _file_value(known[name], key, value, path)
         normalised[name] = value
     return normalised
 
 
+def _file_value(config_field: dataclasses.Field, key: str, value: Any, path: str) -> Any:
+    try:
+        return _argument_type(config_field)(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        kinds = {"int": "an integer", "float": "a number"}
+        kind = "True or False" if config_field.name in BOOL_FIELDS else kinds.get(
+            str(config_field.type).split(" ")[0], "a string")
+        raise ConfigError(f"--config '{path}' sets {key} to {value!r} (accepted: {kind})") from None
+
+
 def parse_config(argv: list[str] | None = None) -> Config:
-    """Command line (+ config file) -> Config. Exits with argparse's message on unknown flags."""
+    """Command line (+ config file) -> Config. ConfigError (one line) on unknown flags or bad values."""
     parser = build_parser()
     first_pass = parser.parse_args(argv)
     if first_pass.config:
@@ -321,11 +345,20 @@ def _require(condition: bool, message: str) -> None:
 
 def validate_static(config: Config) -> None:
     """Checks that need no processes and no files. Raises ConfigError."""
+    _validate_choices(config)
     _validate_counts(config)
     _validate_optimisation(config)
     _validate_model_shape(config)
     parse_fl_aggregate(config.fl_aggregate)
     parse_gpu_ids(config.gpu_ids)
+
+
+def _validate_choices(config: Config) -> None:
+    """argparse checks choices on the command line only; a --config file value lands here unchecked."""
+    for config_field in dataclasses.fields(Config):
+        choices, value = config_field.metadata["choices"], getattr(config, config_field.name)
+        _require(not choices or value in choices,
+                 f"--{config_field.name} '{value}' is not supported (accepted: {', '.join(choices)})")
 
 
 def _validate_counts(config: Config) -> None:
@@ -395,6 +428,10 @@ def _validate_model_shape(config: Config) -> None:
         _require(config.hidden_size % config.num_attention_heads == 0,
                  f"--hidden_size {config.hidden_size} is not divisible by "
                  f"--num_attention_heads {config.num_attention_heads}")
+    if config.tokenizer is None:
+        from fedbiobert.data.tokenizer import MIN_VOCAB_SIZE
+        _require(config.vocab_size >= MIN_VOCAB_SIZE, f"--vocab_size {config.vocab_size} is too small to train "
+                 f"a tokenizer on the corpus (accepted: at least {MIN_VOCAB_SIZE}, or give --tokenizer)")
 
 
 def validate_world(config: Config, world_size: int, local_world_size: int, cuda_available: bool) -> None:
@@ -430,20 +467,37 @@ def validate_world(config: Config, world_size: int, local_world_size: int, cuda_
 
 
 def validate_paths(config: Config) -> None:
-    """Checks of the files the run reads and writes (data, checkpoints, output dir)."""
-    from fedbiobert.data.corpus import list_corpus_files
+    """Checks of the files the run reads and writes (data, tokenizer, checkpoints, output and cache dirs),
+    including the content of every corpus file, so a bad file fails here and not while tokenizing."""
+    from fedbiobert.data import check_corpus_files, check_tokenizer, list_corpus_files
     try:
-        list_corpus_files(config.data_dir)
+        check_corpus_files(list_corpus_files(config.data_dir), config.label_suffix)
     except ValueError as error:
         raise ConfigError(f"--data_dir: {error}") from None
-    output = Path(config.output_dir)
-    _require(not output.exists() or output.is_dir(),
-             f"--output_dir '{config.output_dir}' exists and is not a directory")
+    _validate_writable_dir("--output_dir", config.output_dir)
+    if config.cache_dir is not None:
+        _validate_writable_dir("--cache_dir", config.cache_dir)
     if config.tokenizer is not None:
-        _require(Path(config.tokenizer).exists(),
-                 f"--tokenizer '{config.tokenizer}' does not exist (accepted: a vocab.txt or HF tokenizer folder)")
+        try:
+            check_tokenizer(config.tokenizer)
+        except ValueError as error:
+            raise ConfigError(f"--tokenizer: {error}") from None
     if config.init_from is not None:
         _validate_init_from(config)
+    _validate_resume_paths(config)
+
+
+def _validate_writable_dir(flag: str, value: str) -> None:
+    """A folder the run may create or write into: not a file, under a writable folder."""
+    path = Path(value)
+    _require(not path.exists() or path.is_dir(), f"{flag} '{value}' exists and is not a directory")
+    existing = next(folder for folder in (path.absolute(), *path.absolute().parents) if folder.exists())
+    _require(existing.is_dir(), f"{flag} '{value}' cannot be created: '{existing}' is a file, not a directory")
+    _require(os.access(existing, os.W_OK | os.X_OK), f"{flag} '{value}' cannot be written: '{existing}' "
+             "is not writable (accepted: a folder you can write to)")
+
+
+def _validate_resume_paths(config: Config) -> None:
     from fedbiobert.checkpoint import has_checkpoint, resume_state_path
     if config.from_checkpoint or config.from_checkpoint_round is not None:
         path = resume_state_path(config.output_dir, config.from_checkpoint_round)

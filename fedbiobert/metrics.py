@@ -100,8 +100,14 @@ class RunReporter:
     def __init__(self, output_dir: Path):
         self.output_dir = output_dir
         self.metrics_path = output_dir / "metrics.jsonl"
-        from torch.utils.tensorboard import SummaryWriter
-        self.tensorboard = SummaryWriter(log_dir=str(output_dir / "tb"))
+        self._tensorboard = None  # created with the first events, so nothing is written before training
+
+    @property
+    def tensorboard(self):
+        if self._tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tensorboard = SummaryWriter(log_dir=str(self.output_dir / "tb"))
+        return self._tensorboard
 
     def write_events(self, events: list[dict[str, Any]]) -> None:
         events = sorted(events, key=lambda entry: (entry["seconds"], entry["rank"]))
@@ -132,7 +138,8 @@ class RunReporter:
         temporary.replace(path)
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
 
 def read_events(output_dir: Path) -> list[dict[str, Any]]:

@@ -1,13 +1,13 @@
 """Data pipeline of FedBioBERT: corpus reading, tokenizers, the packed token cache, MLM
 masking, validation/client partitions and batch loading. Knows client indices only."""
 from fedbiobert.data.corpus import (
-    TEXT_SUFFIXES, Document, corpus_fingerprint, list_corpus_files, read_documents,
+    TEXT_SUFFIXES, Document, check_corpus_files, corpus_fingerprint, list_corpus_files, read_documents,
 )
 from fedbiobert.data.loader import Batch, client_batches, validation_batches
 from fedbiobert.data.masking import MaskingSpec, mask_tokens
 from fedbiobert.data.partition import PARTITION_SCHEMES, client_weights, partition, split_validation
 from fedbiobert.data.token_cache import TokenizedCorpus, load_or_build_token_cache
-from fedbiobert.data.tokenizer import build_tokenizer, tokenizer_fingerprint
+from fedbiobert.data.tokenizer import build_tokenizer, check_tokenizer, tokenizer_fingerprint
 
 __all__ = [
     "Batch",
@@ -17,6 +17,8 @@ __all__ = [
     "TEXT_SUFFIXES",
     "TokenizedCorpus",
     "build_tokenizer",
+    "check_corpus_files",
+    "check_tokenizer",
     "client_batches",
     "client_weights",
     "corpus_fingerprint",

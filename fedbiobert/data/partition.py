@@ -96,7 +96,8 @@ def _checked_arguments(
     if len(train) < n_clients:
         raise ValueError(
             f"scheme '{scheme}' cannot give {n_clients} clients a block each from {len(train)} "
-            "training blocks (accepted: n_clients <= number of training blocks)"
+            "training blocks (accepted: n_clients <= number of training blocks: lower --n_clients or "
+            "--max_len, or add text)"
         )
     return train
 

@@ -100,6 +100,9 @@ class Config:
     on_nonfinite: str = _opt("stop", "a client whose loss or update is NaN/inf: stop the run, or skip_client "
                              "(its update is left out of the average)", choices=("stop", "skip_client"),
                              group="federation")
+    inject_nan_update: str | None = _opt(None, "chaos testing: CLIENT:ROUND[,CLIENT:ROUND...] poisons those "
+                                         "clients' updates with NaN after training (1-based rounds) to rehearse "
+                                         "--on_nonfinite and --min_clients", group="federation")
     max_inflight: int = _opt(4, "batches a client may run ahead of its server (client-head mode)",
                              group="federation")
     # --- optimisation -------------------------------------------------------------------
@@ -175,6 +178,11 @@ class Config:
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.comm_dtype]
 
     @property
+    def nan_injections(self) -> set[tuple[int, int]]:
+        """(client_id, 0-based round) pairs of --inject_nan_update."""
+        return parse_injections(self.inject_nan_update)
+
+    @property
     def gpu_id_list(self) -> list[int] | None:
         return parse_gpu_ids(self.gpu_ids)
 
@@ -228,6 +236,17 @@ def parse_fl_aggregate(text: str) -> dict[str, str]:
         raise ConfigError(f"--fl_aggregate weighting '{options['weighting']}' is not supported "
                           f"(accepted: {', '.join(AGGREGATE_WEIGHTINGS)})")
     return options
+
+
+def parse_injections(text: str | None) -> set[tuple[int, int]]:
+    pairs = set()
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        client, sep, round_number = item.partition(":")
+        if not (sep and client.isdigit() and round_number.isdigit() and int(round_number) >= 1):
+            raise ConfigError(f"--inject_nan_update '{text}' is not understood (accepted: CLIENT:ROUND pairs with "
+                              "ROUND >= 1, e.g. 1:2,3:2)")
+        pairs.add((int(client), int(round_number) - 1))
+    return pairs
 
 
 def parse_gpu_ids(text: str | None) -> list[int] | None:
@@ -350,6 +369,9 @@ def validate_static(config: Config) -> None:
     _validate_optimisation(config)
     _validate_model_shape(config)
     parse_fl_aggregate(config.fl_aggregate)
+    for client_id, _ in parse_injections(config.inject_nan_update):
+        _require(client_id < config.n_clients, f"--inject_nan_update names client {client_id} but --n_clients is "
+                 f"{config.n_clients} (clients are numbered from 0)")
     parse_gpu_ids(config.gpu_ids)
 
 

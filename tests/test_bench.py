@@ -8,19 +8,19 @@ import sys
 import pytest
 
 from fedbiobert.bench.__main__ import main
-from fedbiobert.bench.matrix import BenchError, Link, build_matrix, check_nproc, parse_links, select
+from fedbiobert.bench.matrix import BenchError, Link, algorithm_kinds, build_matrix, check_nproc, parse_links, select
 from fedbiobert.bench.presets import PRESETS
 from fedbiobert.bench.report import markdown_table, results_markdown
 from fedbiobert.bench.results import add_speedups, seconds_per_round, steady_tokens_per_second
-from fedbiobert.config import Config, parse_config
+from fedbiobert.config import Config, parse_config, validate_static, validate_world
 from tests.launch import REPO
 
 QUICK = PRESETS["quick"]
 LINK = Link(100.0, 5.0)
 
 
-def _quick_matrix(links=(None, LINK), nproc=3):
-    return build_matrix(QUICK, list(links), nproc)
+def _quick_matrix(links=(None, LINK), nproc=3, fedbert_schedule="parallel"):
+    return build_matrix(QUICK, list(links), nproc, algorithm_kinds(fedbert_schedule))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "quick", "cpu", "gpu"])
@@ -30,7 +30,7 @@ def test_every_run_of_a_preset_has_the_same_token_budget(preset):
     assert {spec.tokens_per_round for spec in specs} == {p.n_clients * p.num_batch * p.batch_size * p.max_len}
     assert len({spec.name for spec in specs}) == len(specs)
     for spec in specs:  # every run shares the model shape, rounds and participation 1.0
-        assert spec.model_flags == tuple(p.model_flags())
+        assert spec.model_flags[:len(p.model_flags())] == tuple(p.model_flags())
         assert spec.num_client_encoder + spec.num_server_encoder == p.num_layers
 
 
@@ -39,12 +39,24 @@ def test_quick_matrix_entries_names_and_links():
     assert [spec.name for spec in specs] == [
         "fedbert-0-4", "fedbert-0-4@100mbit-5ms", "fedbert-2-2", "fedbert-2-2@100mbit-5ms",
         "fedbiobert-1-3", "fedbiobert-1-3@100mbit-5ms", "fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms",
-        "fedbiobert-3-1", "fedbiobert-3-1@100mbit-5ms", "fedavg", "centralized"]
+        "fedbiobert-3-1", "fedbiobert-3-1@100mbit-5ms", "fedavg", "fedavg@100mbit-5ms", "centralized"]
     by_name = {spec.name: spec for spec in specs}
     assert by_name["fedbert-0-4"].is_baseline and not by_name["fedbert-2-2"].is_baseline
-    central, fedavg = by_name["centralized"], by_name["fedavg"]
-    assert (central.nproc, central.n_clients, central.num_batch, central.num_device) == (1, 1, 16, 0)
-    assert (fedavg.nproc, fedavg.n_clients, fedavg.num_batch, fedavg.num_device, fedavg.link) == (3, 4, 4, 0, None)
+    processes = {name: (spec.nproc, spec.num_device) for name, spec in by_name.items()}
+    assert processes["fedbiobert-2-2"] == (3, 1)     # 1 server + 2 client processes
+    assert processes["fedbert-0-4"] == (4, 2)        # parallel: a server replica per client process
+    assert processes["fedavg"] == (3, 0)
+    central = by_name["centralized"]
+    assert (central.nproc, central.n_clients, central.num_batch, central.num_device) == (1, 1, 12, 0)
+    assert by_name["fedavg"].n_clients == 4 and by_name["fedavg"].num_batch == 3
+
+
+def test_fedbert_sequential_schedule_shares_one_server():
+    by_name = {spec.name: spec for spec in _quick_matrix(fedbert_schedule="sequential")}
+    assert (by_name["fedbert-0-4"].nproc, by_name["fedbert-0-4"].num_device) == (3, 1)
+    assert "sequential" in by_name["fedbert-0-4"].flags()
+    with pytest.raises(BenchError, match="'turns'"):
+        algorithm_kinds("turns")
 
 
 def test_run_flags_name_the_algorithm_cut_and_link():
@@ -53,20 +65,26 @@ def test_run_flags_name_the_algorithm_cut_and_link():
     assert flags[:6] == ["--algorithm", "fedbert", "--num_client_encoder", "0", "--num_server_encoder", "4"]
     assert flags[-4:] == ["--link_bandwidth_mbps", "100", "--link_latency_ms", "5"]
     assert "--link_bandwidth_mbps" not in by_name["fedbert-0-4"].flags()
-    assert "--link_bandwidth_mbps" not in by_name["fedavg"].flags()
+    assert by_name["fedavg@100mbit-5ms"].flags()[-4:] == flags[-4:]
+    assert "--link_bandwidth_mbps" not in by_name["centralized"].flags()
 
 
-def test_flags_parse_with_run_py_and_give_the_budget():
-    """Runs the engine already supports parse with its real option parser into the same token budget."""
+@pytest.mark.parametrize("fedbert_schedule", ["parallel", "sequential"])
+def test_every_run_is_a_valid_run_py_launch_with_the_budget(fedbert_schedule):
+    """Each run's flags pass run.py's own parser and checks for the world it is launched with."""
     known = {f.name for f in dataclasses.fields(Config)}
-    for spec in _quick_matrix():
-        if spec.algorithm not in Config.__dataclass_fields__["algorithm"].metadata["choices"]:
-            continue
-        if spec.link is not None and "link_bandwidth_mbps" not in known:
-            continue
+    choices = Config.__dataclass_fields__["algorithm"].metadata["choices"]
+    checked = 0
+    for spec in _quick_matrix(fedbert_schedule=fedbert_schedule):
+        if spec.algorithm not in choices or (spec.link is not None and "link_bandwidth_mbps" not in known):
+            continue  # the engine does not have this algorithm or link emulation yet
         config = parse_config(spec.flags() + ["--output_dir", "unused"])
+        validate_static(config)
+        validate_world(config, spec.nproc, spec.nproc, cuda_available=False)
         assert config.n_clients * config.num_batch * config.batch_size * config.max_len == spec.tokens_per_round
         assert config.participation_ratio == 1.0 and config.n_comm_rounds == QUICK.n_comm_rounds
+        checked += 1
+    assert checked >= 6
 
 
 def test_parse_links():
@@ -86,7 +104,8 @@ def test_bad_links_are_refused_naming_the_item(text, named):
 def test_select_by_entry_full_name_and_glob():
     specs = _quick_matrix()
     assert [s.name for s in select(specs, "fedbiobert-2-2")] == ["fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms"]
-    assert [s.name for s in select(specs, "fedbert-0-4@100mbit-5ms,fedavg")] == ["fedbert-0-4@100mbit-5ms", "fedavg"]
+    assert [s.name for s in select(specs, "fedbert-0-4@100mbit-5ms,centralized")] == [
+        "fedbert-0-4@100mbit-5ms", "centralized"]
     assert len(select(specs, "fedbiobert-*")) == 6
     with pytest.raises(BenchError, match="'fedbiobert-9-9' matches no run"):
         select(specs, "fedbiobert-2-2,fedbiobert-9-9")

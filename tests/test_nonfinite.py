@@ -33,3 +33,30 @@ def test_skipped_clients_below_min_clients_stop_at_the_last_checkpoint(tmp_path,
     assert any("only 0 of 2 sampled clients reported" in line and "--min_clients 1" in line for line in lines)
     assert not (output / "round1").exists()
     assert not (output / "metrics.jsonl").exists() or not any(e["event"] == "round" for e in read_events(output))
+
+
+DROPOUT = [*TINY_MODEL, "--algorithm", "fedavg", "--num_client_encoder", "1", "--num_server_encoder", "1",
+           "--n_clients", "4", "--n_comm_rounds", "2", "--num_batch", "2", "--on_nonfinite", "skip_client",
+           "--inject_nan_update", "1:1"]
+
+
+def test_dropout_with_survivors_at_or_above_min_clients_completes_the_round(tmp_path, small_corpus):
+    output = tmp_path / "out"
+    result = torchrun(2, [*DROPOUT, "--min_clients", "3", "--data_dir", str(small_corpus),
+                          "--output_dir", str(output)], tmp_path / "c")
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = read_events(output)
+    dropped = [e for e in events if e["event"] == "dropped"]
+    assert [(e["round"], e["client_id"]) for e in dropped] == [(1, 1)]
+    rounds = [e for e in events if e["event"] == "round"]
+    assert [(e["clients_sampled"], e["clients_reported"]) for e in rounds] == [(4, 3), (4, 4)]
+    assert rounds[0]["val_loss"] is not None and rounds[0]["val_loss"] < 100  # no NaN reached the global model
+
+
+def test_dropout_below_min_clients_stops_at_the_last_checkpoint(tmp_path, small_corpus):
+    output = tmp_path / "out"
+    result = torchrun(2, [*DROPOUT, "--inject_nan_update", "1:2", "--min_clients", "4",
+                          "--data_dir", str(small_corpus), "--output_dir", str(output)], tmp_path / "c")
+    assert result.returncode != 0
+    assert any("only 3 of 4 sampled clients reported" in line for line in _our_lines(result.stderr))
+    assert (output / "round1").exists() and not (output / "round2").exists()

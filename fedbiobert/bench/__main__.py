@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -127,9 +128,17 @@ def _run_done(row: dict) -> None:
         say(f"bench: error: run {row['name']} failed: {row['error']} (log: {row['log']})", error=True)
         return
     speedup = row["speedup_vs_fedbert"]
-    say(f"    done in {row['process_seconds']:.1f} s: {row['seconds_per_round']:.2f} s/round, "
-        f"{row['tokens_per_second']:,.0f} tokens/s, val perplexity {row['val_perplexity']:.1f}"
+    say(f"    done in {row['process_seconds']:.1f} s: {_fmt(row['seconds_per_round'], '.2f')} s/round, "
+        f"{_fmt(row['tokens_per_second'], ',.0f')} tokens/s, val perplexity {_fmt(row['val_perplexity'], '.1f')}"
         + (f", {speedup:.2f}x fedbert 0-L" if speedup is not None else ""))
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
             say("    run.py " + shlex.join(spec.flags()))
         return 0
     settings.out_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: the running run is stopped, not orphaned
     say(f"preset {preset.name}: {len(specs)} run(s), outputs in {settings.out_dir}")
     started = time.time()
-    rows = run_all(specs, settings, preset, command)
+    try:
+        rows = run_all(specs, settings, preset, command)
+    except KeyboardInterrupt:
+        say(f"bench: error: interrupted; the runs finished so far are in {settings.out_dir}", error=True)
+        return 130
     failed = [row["name"] for row in rows if row["status"] != "ok"]
     say(f"{len(rows) - len(failed)}/{len(rows)} run(s) done in {time.time() - started:.0f} s; "
         f"see {settings.out_dir / 'results.md'}")

@@ -41,6 +41,23 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def breakdown_table(rows: list[dict]) -> str | None:
+    """Where each run's time went (summary.json time_breakdown, all rounds; None if no run has it)."""
+    timed = [row for row in rows if row.get("time_breakdown")]
+    if not timed:
+        return None
+    header = ["run", "pipeline efficiency"] + [f"{role} {key} s" for role in ("client", "server")
+                                               for key in ("compute", "wait", "comm")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in timed:
+        breakdown = row["time_breakdown"]
+        cells = [row["name"], _num(row.get("pipeline_efficiency"), 2)]
+        cells += [_num(breakdown.get(role, {}).get(key), 1) for role in ("client", "server")
+                  for key in ("compute", "wait", "comm")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: str) -> str:
     failed = [row for row in rows if row["status"] != "ok"]
     budget = sorted({row["tokens_per_round_budget"] for row in rows})
@@ -66,8 +83,8 @@ def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: s
         "and the round-end validation, export and checkpoint.",
         "- **tokens/s** is training tokens over the wall time of the same rounds.",
         "- **speedup vs fedbert 0-L** = s/round of `fedbert-0-L` (the original FedBERT: embeddings and MLM head "
-        "on the client, every encoder layer on the server) under the same link / this run's s/round; "
-        "fedavg and centralized, which run without an emulated link, compare with the no-link baseline.",
+        "on the client, every encoder layer on the server) under the same link / this run's s/round "
+        "(> 1: faster); centralized, which has no link, compares with the no-link baseline.",
         "- **link**: emulated WAN between each client process and its server (bandwidth per direction, one-way "
         "latency); it carries split traffic and the per-round model exchange, and FedAvg's model exchange too. "
         "Centralized training has no link and runs once.",
@@ -80,6 +97,11 @@ def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: s
         "**val perplexity**: exp of the held-out MLM loss of the joined model after the last round.",
         "- loss_vs_time.png: validation and global loss at each round end against cumulative training time.",
     ]
+    breakdown = breakdown_table(rows)
+    if breakdown:
+        parts += ["", "Where the time goes (seconds over all rounds, mean over a role's processes; pipeline "
+                  "efficiency = busiest process's compute time / round time, 1.0 = it never waited):", "",
+                  breakdown]
     if failed:
         parts += ["", "Failed runs:"] + [f"- `{row['name']}`: {row['error']} (log: {row['log']})" for row in failed]
     return "\n".join(parts) + "\n"

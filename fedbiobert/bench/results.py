@@ -6,8 +6,8 @@ Timing conventions (repeated in results.md):
 - tokens_per_second is the steady-state rate over the same rounds (tokens / seconds of rounds 2..N);
   summary.json's overall rate (round 1 included) is kept as tokens_per_second_all_rounds.
 - speedup_vs_fedbert = seconds_per_round of fedbert 0-L with the same link / this run's seconds_per_round
-  (> 1: faster than the original FedBERT). FedAvg and centralized (link None) compare with the
-  no-link fedbert 0-L. None when that baseline did not run or failed.
+  (> 1: faster than the original FedBERT). Centralized (link None) compares with the no-link
+  fedbert 0-L. None when that baseline did not run or failed.
 """
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def spec_fields(spec: RunSpec) -> dict:
     return {"name": spec.name, "entry": spec.entry, "algorithm": spec.algorithm,
             "num_client_encoder": spec.num_client_encoder, "num_server_encoder": spec.num_server_encoder,
             "link": spec.link.to_json() if spec.link is not None else None, "nproc": spec.nproc,
-            "num_device": spec.num_device,             "n_clients": spec.n_clients, "num_batch": spec.num_batch, "tokens_per_round_budget": spec.tokens_per_round}
+            "num_device": spec.num_device, "n_clients": spec.n_clients, "num_batch": spec.num_batch,
+            "tokens_per_round_budget": spec.tokens_per_round}
 
 
 def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:

@@ -97,6 +97,8 @@ class ClientProcess(RoleProcess):
         for result in trainer.finish():
             self._record(result, round_idx)
         logger.debug("client %d round %d trained in %.2fs", client_id, round_idx + 1, time.time() - started)
+        if (client_id, round_idx) in self.config.nan_injections:  # chaos testing: a poisoned update
+            next(self.model.parameters()).data.fill_(float("nan"))
         return self._nonfinite_problem(trainer)
 
     def _nonfinite_problem(self, trainer) -> str | None:

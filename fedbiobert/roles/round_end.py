@@ -136,6 +136,8 @@ class RoundWriter:
             "bytes_received": sum(piece.bytes_received for piece in clients),  # server -> client (down)
             "clients": sorted({event["client_id"] for event in steps if event["role"] == "client"}),
             "time_breakdown": time_breakdown(pieces),
+            "clients_sampled": sum(piece.silos_sampled for piece in pieces),
+            "clients_reported": sum(piece.silos_reported for piece in pieces),
         }
 
     def write_summary(self, wall_seconds: float) -> dict:

@@ -19,7 +19,7 @@ QUICK = PRESETS["quick"]
 LINK = Link(100.0, 5.0)
 
 
-def _quick_matrix(links=(None, LINK), nproc=3, fedbert_schedule="parallel"):
+def _quick_matrix(links=(None, LINK), nproc=3, fedbert_schedule="sequential"):
     return build_matrix(QUICK, list(links), nproc, algorithm_kinds(fedbert_schedule))
 
 
@@ -37,24 +37,28 @@ def test_every_run_of_a_preset_has_the_same_token_budget(preset):
 def test_quick_matrix_entries_names_and_links():
     specs = _quick_matrix()
     assert [spec.name for spec in specs] == [
-        "fedbert-0-4", "fedbert-0-4@100mbit-5ms", "fedbert-2-2", "fedbert-2-2@100mbit-5ms",
-        "fedbiobert-1-3", "fedbiobert-1-3@100mbit-5ms", "fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms",
-        "fedbiobert-3-1", "fedbiobert-3-1@100mbit-5ms", "fedavg", "fedavg@100mbit-5ms", "centralized"]
+        "fedbert-0-4", "fedbert-0-4@100mbit-5ms", "fedbert-0-4-parallel", "fedbert-0-4-parallel@100mbit-5ms",
+        "fedbert-2-2", "fedbert-2-2@100mbit-5ms", "fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms",
+        "fedbiobert-2-2-serverhead", "fedbiobert-2-2-serverhead@100mbit-5ms", "fedavg", "fedavg@100mbit-5ms",
+        "centralized"]
     by_name = {spec.name: spec for spec in specs}
     assert by_name["fedbert-0-4"].is_baseline and not by_name["fedbert-2-2"].is_baseline
+    assert not by_name["fedbert-0-4-parallel"].is_baseline
     processes = {name: (spec.nproc, spec.num_device) for name, spec in by_name.items()}
     assert processes["fedbiobert-2-2"] == (3, 1)     # 1 server + 2 client processes
-    assert processes["fedbert-0-4"] == (4, 2)        # parallel: a server replica per client process
+    assert processes["fedbert-0-4"] == (3, 1)        # one shared server: the same processes as fedbiobert
+    assert processes["fedbert-0-4-parallel"] == (4, 2)  # a server replica per client process
     assert processes["fedavg"] == (3, 0)
+    assert "--head_placement" in by_name["fedbiobert-2-2-serverhead"].flags()
     central = by_name["centralized"]
-    assert (central.nproc, central.n_clients, central.num_batch, central.num_device) == (1, 1, 12, 0)
-    assert by_name["fedavg"].n_clients == 4 and by_name["fedavg"].num_batch == 3
+    assert (central.nproc, central.n_clients, central.num_batch, central.num_device) == (1, 1, 40, 0)
+    assert by_name["fedavg"].n_clients == 4 and by_name["fedavg"].num_batch == 10
 
 
-def test_fedbert_sequential_schedule_shares_one_server():
-    by_name = {spec.name: spec for spec in _quick_matrix(fedbert_schedule="sequential")}
-    assert (by_name["fedbert-0-4"].nproc, by_name["fedbert-0-4"].num_device) == (3, 1)
-    assert "sequential" in by_name["fedbert-0-4"].flags()
+def test_fedbert_parallel_schedule_gives_a_replica_per_client_process():
+    by_name = {spec.name: spec for spec in _quick_matrix(fedbert_schedule="parallel")}
+    assert (by_name["fedbert-0-4"].nproc, by_name["fedbert-0-4"].num_device) == (4, 2)
+    assert "parallel" in by_name["fedbert-0-4"].flags()
     with pytest.raises(BenchError, match="'turns'"):
         algorithm_kinds("turns")
 
@@ -106,7 +110,7 @@ def test_select_by_entry_full_name_and_glob():
     assert [s.name for s in select(specs, "fedbiobert-2-2")] == ["fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms"]
     assert [s.name for s in select(specs, "fedbert-0-4@100mbit-5ms,centralized")] == [
         "fedbert-0-4@100mbit-5ms", "centralized"]
-    assert len(select(specs, "fedbiobert-*")) == 6
+    assert len(select(specs, "fedbiobert-*")) == 4
     with pytest.raises(BenchError, match="'fedbiobert-9-9' matches no run"):
         select(specs, "fedbiobert-2-2,fedbiobert-9-9")
 

@@ -11,7 +11,7 @@ Server (in arrival order, from any of its clients):
       head on the server: final MLM loss, backward, step (nothing is sent back)
       head on the client (default, U-shaped): send OUTPUT; the client computes the final loss with
       its own head (labels never leave the silo) and returns GRAD w.r.t. OUTPUT; the server then
-      recomputes its forward (same dropout), back-propagates the GRAD and steps.
+      back-propagates it through the graph it kept (with the forward's weights stashed) and steps.
 In client-head mode a client consumes the OUTPUT of batch b - max_inflight right before stepping
 on batch b: it runs ahead of its server by at most `--max_inflight` batches, and the schedule is
 deterministic (reproducible) whatever the timing.
@@ -32,7 +32,8 @@ import torch
 from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult, expect,
                                         loss_value)
 from fedbiobert.messages import Kind, Message
-from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
+from fedbiobert.model import (client_state_keys, gather_masked, masked_positions, mlm_loss, split_model,
+                              stash_weights)
 
 
 @dataclass
@@ -122,29 +123,24 @@ class FedBioBERTServer(SplitServerTrainer):
                           client_id=message.client_id)
 
     def _forward_for_client_head(self, message: Message, hidden, mask, positions) -> None:
-        """Forward without a graph and send OUTPUT; the graph is rebuilt when the GRAD arrives.
+        """Forward, keep the graph with stashed weights, send OUTPUT; backward when the GRAD comes.
 
-        Keeping the graph would not work: by the time the GRAD of this batch arrives the server has
-        stepped on other batches, changing in place the weights the graph saved. So we keep only the
-        inputs and the RNG state (same dropout masks on recompute) and pay one extra forward.
+        By then the server has stepped on other batches; stashing makes the backward use this
+        forward's weights (see model/stash.py) instead of recomputing the forward.
         """
-        rng_state = torch.get_rng_state()
-        with torch.no_grad():
+        with stash_weights(self.model):
             output = gather_masked(self.model(hidden.float(), mask.long()), positions)
-        self.awaiting_grad[(message.source, message.step)] = (hidden, mask, positions, rng_state)
+        self.awaiting_grad[(message.source, message.step)] = (output, int(mask.sum()))
         reply = Message(Kind.OUTPUT, client_id=message.client_id, round=self.round_idx, step=message.step,
-                        tensors=[output.to(self.wire_dtype)])
+                        tensors=[output.detach().to(self.wire_dtype)])
         self.channel.send(reply, message.source)  # paired with FedBioBERTClient._settle_outputs
         return None
 
     def on_grad(self, message: Message) -> StepResult:
-        hidden, mask, positions, rng_state = self.awaiting_grad.pop((message.source, message.step))
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(rng_state)
-            output = gather_masked(self.model(hidden.float(), mask.long()), positions)
+        output, tokens = self.awaiting_grad.pop((message.source, message.step))
         output.backward(message.tensors[0].float())
         self.stepper.step(message.step)
-        return StepResult(global_loss=message.scalars[1], tokens=int(mask.sum()), step=message.step,
+        return StepResult(global_loss=message.scalars[1], tokens=tokens, step=message.step,
                           client_id=message.client_id)
 
 

@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nproc", type=int, default=3, help="fedbiobert: 1 server + N-1 client processes; fedbert: "
                         "N-1 client processes, each with its own server replica (parallel schedule) or sharing 1 "
                         "server (sequential); fedavg: N client processes; centralized: 1 (default 3)")
-    parser.add_argument("--fedbert_schedule", default="parallel", help="fedbert's servers: parallel (a replica per "
-                        f"client process) or sequential (one shared server) (accepted: {', '.join(FEDBERT_SCHEDULES)}; "
-                        "default parallel)")
+    parser.add_argument("--fedbert_schedule", default="sequential", help="the servers of the fedbert entries "
+                        "(fedbert-0-L-parallel always has a replica per client process): sequential (one shared "
+                        "server, the same processes as fedbiobert) or parallel (accepted: "
+                        f"{', '.join(FEDBERT_SCHEDULES)}; default sequential)")
     parser.add_argument("--links", help="comma-separated link settings: none or MBIT_PER_S:LATENCY_MS "
                         "(default: the preset's, e.g. none,100:5)")
     parser.add_argument("--cache_dir", type=Path, help="tokenizer and token cache given to every run")

@@ -8,10 +8,11 @@ Token budget: every run trains n_clients x num_batch batches of batch_size x max
 (participation 1.0). Centralized training has one client holding all data, so it gets
 num_batch x n_clients batches per round on one process: the same tokens per round.
 
-Processes (--nproc N): fedbiobert runs 1 server + N-1 client processes; fedbert gives each of its
-N-1 client processes its own server replica (--server_schedule parallel: 2(N-1) processes) unless
-the sequential schedule is chosen (1 shared server, N processes); fedavg runs N client processes;
-centralized 1.
+Processes (--nproc N): fedbiobert runs 1 server + N-1 client processes, and so does the baseline
+fedbert 0-L with its one shared server (--server_schedule sequential, FedBERT's single server model):
+the same processes on the same cores. `fedbert-0-L-parallel` gives each client process its own
+server replica instead (2(N-1) processes, averaged each round), shown for reference. fedavg runs N
+client processes; centralized 1.
 
 Links: a link emulates the WAN between each client process and its server (--link_bandwidth_mbps,
 --link_latency_ms): split traffic and the per-round model exchange. FedAvg runs with every link
@@ -104,13 +105,14 @@ FEDBERT_SCHEDULES: dict[str, AlgorithmKind] = {
     "sequential": AlgorithmKind("one", False, True, ("--server_schedule", "sequential")),  # one shared server
 }
 BASELINE = "fedbert"  # speedups are against fedbert with 0 client layers (the original FedBERT)
+PARALLEL = "fedbert-parallel"  # the kind of the reference entry fedbert-0-L-parallel
 
 
-def algorithm_kinds(fedbert_schedule: str = "parallel") -> dict[str, AlgorithmKind]:
+def algorithm_kinds(fedbert_schedule: str = "sequential") -> dict[str, AlgorithmKind]:
     if fedbert_schedule not in FEDBERT_SCHEDULES:
         raise BenchError(f"--fedbert_schedule '{fedbert_schedule}' is unknown (accepted: "
                          f"{', '.join(FEDBERT_SCHEDULES)})")
-    return {**ALGORITHMS, "fedbert": FEDBERT_SCHEDULES[fedbert_schedule]}
+    return {**ALGORITHMS, "fedbert": FEDBERT_SCHEDULES[fedbert_schedule], PARALLEL: FEDBERT_SCHEDULES["parallel"]}
 
 
 @dataclass(frozen=True)
@@ -120,13 +122,23 @@ class Entry:
     algorithm: str
     num_client_encoder: int
     num_server_encoder: int
+    kind: str = ""                    # key of the AlgorithmKind (default: the algorithm)
+    flags: tuple[str, ...] = ()       # further run.py flags of this entry
+
+    @property
+    def kind_name(self) -> str:
+        return self.kind or self.algorithm
 
 
 def entries(preset: Preset) -> list[Entry]:
-    """fedbert 0-L, fedbert k-(L-k) at k=L/2, fedbiobert at each preset cut, fedavg, centralized."""
+    """fedbert 0-L (shared server; and with a replica per client, for reference), fedbert k-(L-k) at
+    k=L/2, fedbiobert at each preset cut, fedbiobert L/2 with the head on the server, fedavg, centralized."""
     layers, half = preset.num_layers, preset.num_layers // 2
     split = [("fedbert", 0), ("fedbert", half)] + [("fedbiobert", k) for k in preset.fedbiobert_cuts]
     found = [Entry(f"{algorithm}-{k}-{layers - k}", algorithm, k, layers - k) for algorithm, k in split]
+    found.insert(1, Entry(f"fedbert-0-{layers}-parallel", "fedbert", 0, layers, kind=PARALLEL))
+    found.append(Entry(f"fedbiobert-{half}-{layers - half}-serverhead", "fedbiobert", half, layers - half,
+                       flags=("--head_placement", "server")))
     # full-model algorithms: every layer is local (num_server_encoder 0)
     return found + [Entry(name, name, layers, 0) for name in ("fedavg", "centralized")]
 
@@ -154,7 +166,7 @@ class RunSpec:
 
     @property
     def is_baseline(self) -> bool:
-        return self.algorithm == BASELINE and self.num_client_encoder == 0
+        return self.entry == f"{BASELINE}-0-{self.num_server_encoder}" and self.num_client_encoder == 0
 
     def flags(self) -> list[str]:
         """run.py flags (without --data_dir, --output_dir, --cache_dir)."""
@@ -185,17 +197,17 @@ def make_spec(entry: Entry, link: Link | None, preset: Preset, nproc: int, kind:
                    n_clients=1 if pooled else preset.n_clients,
                    num_batch=preset.num_batch * (preset.n_clients if pooled else 1),
                    batch_size=preset.batch_size, max_len=preset.max_len,
-                   model_flags=tuple(preset.model_flags()) + kind.flags)
+                   model_flags=tuple(preset.model_flags()) + kind.flags + entry.flags)
 
 
 def build_matrix(preset: Preset, links: list[Link | None], nproc: int,
                  kinds: dict[str, AlgorithmKind] | None = None) -> list[RunSpec]:
     """Every entry with every link setting; algorithms the link does not apply to run once, link None."""
     check_nproc(nproc, preset)
-    kinds = kinds or ALGORITHMS
+    kinds = kinds or algorithm_kinds()
     specs = []
     for entry in entries(preset):
-        kind = kinds[entry.algorithm]
+        kind = kinds[entry.kind_name]
         entry_links = links if kind.link_applies else [None]
         specs += [make_spec(entry, link, preset, nproc, kind) for link in entry_links]
     return specs

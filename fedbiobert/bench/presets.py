@@ -47,8 +47,8 @@ PRESETS: dict[str, Preset] = {
         n_comm_rounds=2, n_clients=4, fedbiobert_cuts=(1, 2, 3), links="none", val_batches=2, run_timeout=180),
     "quick": Preset(
         name="quick", description="a few minutes on a 2-core CPU", num_layers=4, hidden_size=128,
-        num_attention_heads=2, intermediate_size=512, vocab_size=4000, max_len=128, batch_size=8, num_batch=3,
-        n_comm_rounds=3, n_clients=4, fedbiobert_cuts=(1, 2, 3), val_batches=2, run_timeout=300),
+        num_attention_heads=2, intermediate_size=512, vocab_size=4000, max_len=128, batch_size=8, num_batch=10,
+        n_comm_rounds=3, n_clients=4, fedbiobert_cuts=(2,), val_batches=2, run_timeout=300),
     "cpu": Preset(
         name="cpu", description="a longer CPU comparison (tens of minutes)", num_layers=6, hidden_size=256,
         num_attention_heads=4, intermediate_size=1024, vocab_size=16000, max_len=128, batch_size=8,

@@ -73,6 +73,8 @@ class ClientProcess(RoleProcess):
     def _account_model_exchange(self, num_silos: int, state_bytes: int) -> None:
         """Count each trained silo's upload and download of the federated client part, and on an
         emulated link spend the time those transfers would take."""
+        if self.config.algorithm == "centralized":
+            return  # one process, no aggregator: nothing is exchanged
         for _ in range(num_silos):
             self.byte_counter.add_model_exchange("sent", state_bytes)
             self.byte_counter.add_model_exchange("received", state_bytes)

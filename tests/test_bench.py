@@ -136,7 +136,8 @@ def _row(name, algorithm, k, seconds, link=None, status="ok", **extra):
            "num_server_encoder": 4 - k, "link": link, "status": status, "seconds_per_round": seconds,
            "tokens_per_second": 1000.0, "bytes_up_per_round": 2_500_000.0, "bytes_down_per_round": None,
            "final_global_loss": 7.25, "val_perplexity": 1234.5, "speedup_vs_fedbert": None,
-           "tokens_per_round_budget": 16384, "error": None, "log": f"logs/{name}.log"}
+           "tokens_per_round_budget": 16384, "error": None, "log": f"logs/{name}.log",
+           "baseline": name.split("@")[0] == "fedbert-0-4"}
     return {**row, **extra}
 
 
@@ -144,7 +145,7 @@ def _hand_made_rows():
     wan = {"bandwidth_mbps": 100.0, "latency_ms": 5.0}
     return [_row("fedbert-0-4", "fedbert", 0, 8.0), _row("fedbert-0-4@100mbit-5ms", "fedbert", 0, 12.0, wan),
             _row("fedbiobert-2-2", "fedbiobert", 2, 2.0), _row("fedbiobert-2-2@100mbit-5ms", "fedbiobert", 2, 3.0, wan),
-            _row("fedavg", "fedavg", 4, 4.0),
+            _row("fedavg", "fedavg", 4, 4.0), _row("fedbert-0-4-parallel", "fedbert", 0, 16.0),
             _row("centralized", "centralized", 4, None, status="failed", error="exit status 2: boom")]
 
 
@@ -152,7 +153,8 @@ def test_speedup_is_fedbert_0_l_seconds_per_round_with_the_same_link_over_this_r
     rows = add_speedups(_hand_made_rows())
     speedups = {row["name"]: row["speedup_vs_fedbert"] for row in rows}
     assert speedups == {"fedbert-0-4": 1.0, "fedbert-0-4@100mbit-5ms": 1.0, "fedbiobert-2-2": 4.0,
-                        "fedbiobert-2-2@100mbit-5ms": 4.0, "fedavg": 2.0, "centralized": None}
+                        "fedbiobert-2-2@100mbit-5ms": 4.0, "fedavg": 2.0, "fedbert-0-4-parallel": 0.5,
+                        "centralized": None}
 
 
 def test_no_speedup_without_a_successful_baseline():

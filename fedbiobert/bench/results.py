@@ -55,7 +55,7 @@ def spec_fields(spec: RunSpec) -> dict:
             "num_client_encoder": spec.num_client_encoder, "num_server_encoder": spec.num_server_encoder,
             "link": spec.link.to_json() if spec.link is not None else None, "nproc": spec.nproc,
             "num_device": spec.num_device, "n_clients": spec.n_clients, "num_batch": spec.num_batch,
-            "tokens_per_round_budget": spec.tokens_per_round}
+            "tokens_per_round_budget": spec.tokens_per_round, "baseline": spec.is_baseline}
 
 
 def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:
@@ -91,8 +91,7 @@ def link_key(row: dict) -> tuple | None:
 def add_speedups(rows: list[dict]) -> list[dict]:
     """Fill speedup_vs_fedbert in place: baseline seconds/round (same link) / this run's."""
     baselines = {link_key(row): row["seconds_per_round"] for row in rows
-                 if row["algorithm"] == "fedbert" and row["num_client_encoder"] == 0
-                 and row["status"] == "ok" and row.get("seconds_per_round")}
+                 if row.get("baseline") and row["status"] == "ok" and row.get("seconds_per_round")}
     for row in rows:
         baseline, own = baselines.get(link_key(row)), row.get("seconds_per_round")
         row["speedup_vs_fedbert"] = baseline / own if baseline and own and row["status"] == "ok" else None

@@ -39,7 +39,9 @@ class FedAvg(Algorithm):
         return client, None
 
     def federated_client_keys(self, client_model) -> list[str]:
-        return client_state_keys(client_model, self.config.fedavg_embedding_head)
+        # No local loss here: the auxiliary head is never trained, so it is never exchanged either.
+        keys = client_state_keys(client_model, self.config.fedavg_embedding_head)
+        return [key for key in keys if not key.startswith("aux_head.")]
 
     def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FullModelClient:
         return FullModelClient(self, model, client_id)

@@ -114,7 +114,9 @@ class FedBERT(Algorithm):
         return split_model(full_model, self.config.num_client_encoder, self.config.head_placement)
 
     def federated_client_keys(self, client_model) -> list[str]:
-        return client_state_keys(client_model, self.config.fedavg_embedding_head)
+        # No local loss here: the auxiliary head is never trained, so it is never exchanged either.
+        keys = client_state_keys(client_model, self.config.fedavg_embedding_head)
+        return [key for key in keys if not key.startswith("aux_head.")]
 
     def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FedBERTClient:
         return FedBERTClient(self, model, channel, server_rank, client_id, round_idx)

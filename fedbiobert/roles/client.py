@@ -72,14 +72,16 @@ class ClientProcess(RoleProcess):
 
     def _account_model_exchange(self, num_silos: int, state_bytes: int) -> None:
         """Count each trained silo's upload and download of the federated client part, and on an
-        emulated link spend the time those transfers would take."""
+        emulated link spend the time those transfers would take (silos in parallel, a link each)."""
         if self.config.algorithm == "centralized":
             return  # one process, no aggregator: nothing is exchanged
         for _ in range(num_silos):
             self.byte_counter.add_model_exchange("sent", state_bytes)
             self.byte_counter.add_model_exchange("received", state_bytes)
         if self.link is not None and num_silos:
-            delay = 2 * num_silos * self.link.transfer_seconds(state_bytes)
+            # Each silo (hospital) has its own link, so the silos of this process exchange in
+            # parallel: one upload and one download of the client part.
+            delay = 2 * self.link.transfer_seconds(state_bytes)
             time.sleep(delay)
             self.extra_comm_seconds += delay
 

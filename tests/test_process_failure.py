@@ -50,7 +50,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("victim,role", [(2, "client"), (0, "server")])
+@pytest.mark.parametrize("victim,role", [(2, "client"), pytest.param(0, "server", marks=pytest.mark.slow)])
 def test_killed_process_bounded_exit_intact_checkpoint_and_resume(tmp_path, small_corpus, victim, role):
     output, cache = tmp_path / "out", tmp_path / "cache"
     args = [*ARGS, "--data_dir", str(small_corpus), "--output_dir", str(output), "--cache_dir", str(cache)]

@@ -19,7 +19,7 @@ def _losses(output_dir, round_number):
     return steps, val
 
 
-@pytest.mark.parametrize("head_placement", ["client", "server"])
+@pytest.mark.parametrize("head_placement", ["client", pytest.param("server", marks=pytest.mark.slow)])
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, small_corpus, head_placement):
     cache = tmp_path / "cache"
     args = [*COMMON, "--head_placement", head_placement, "--data_dir", str(small_corpus)]

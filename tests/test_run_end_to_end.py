@@ -31,7 +31,8 @@ def _check_export(model_dir):
 @pytest.mark.parametrize("extra", [
     ["--arch", "bert", "--n_clients", "4", "--participation_ratio", "0.5"],
     ["--arch", "roberta", "--head_placement", "server", "--n_clients", "4", "--participation_ratio", "0.5"],
-    ["--arch", "bert", "--n_clients", "8", "--participation_ratio", "1.0", "--partition_data", "label"],
+    pytest.param(["--arch", "bert", "--n_clients", "8", "--participation_ratio", "1.0", "--partition_data", "label"],
+                 marks=pytest.mark.slow),
 ], ids=["bert-client-head", "roberta-server-head", "bert-8-clients-label-split"])
 def test_three_process_run(tmp_path, small_corpus, cache_dir, extra):
     output = tmp_path / "out"

@@ -63,6 +63,8 @@ def fill_mask(model_dir: Path, text: str, top_k: int = 5) -> list[str]:
     """The exported model's top predictions for the mask in `text` (proves the export loads)."""
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForMaskedLM.from_pretrained(model_dir, local_files_only=True).eval()
     text = text.replace("[MASK]", tokenizer.mask_token)

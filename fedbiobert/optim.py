@@ -48,7 +48,7 @@ def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], weig
         exempt = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
         (no_decay if exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.98), eps=1e-6, foreach=True)  # fewer kernel launches
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -44,3 +44,16 @@ def test_fresh_run_refuses_an_output_dir_holding_a_checkpoint(tmp_path, small_co
     assert torchrun(4, args, cache).returncode == 0
     again = torchrun(4, args, cache)
     assert again.returncode != 0 and "already holds a trained run" in again.stderr
+
+
+def test_from_checkpoint_round_replays_the_later_rounds_exactly(tmp_path, small_corpus):
+    """--from_checkpoint_round 1 restarts from round1/ and reproduces rounds 2 and 3."""
+    args = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "1", "--n_clients", "2",
+            "--n_comm_rounds", "3", "--num_batch", "3", "--data_dir", str(small_corpus),
+            "--output_dir", str(tmp_path / "out")]
+    assert torchrun(2, args, tmp_path / "cache").returncode == 0
+    replay = torchrun(2, [*args, "--from_checkpoint_round", "1"], tmp_path / "cache")
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    rounds = [(e["round"], e["val_loss"]) for e in read_events(tmp_path / "out") if e["event"] == "round"]
+    assert [r for r, _ in rounds] == [1, 2, 3, 2, 3]
+    assert rounds[1:3] == rounds[3:5]

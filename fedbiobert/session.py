@@ -6,7 +6,6 @@ wait at a barrier, then every rank loads the same cached files.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -151,6 +150,3 @@ def _log_partition(session: Session) -> None:
     logger.info("partition %s into %d clients: blocks per client %s", session.config.partition_data,
                 session.config.n_clients, sizes)
 
-
-def config_values(config: Config) -> dict:
-    return dataclasses.asdict(config)

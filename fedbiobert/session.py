@@ -149,4 +149,3 @@ def _log_partition(session: Session) -> None:
                 len(session.corpus), session.config.max_len, len(session.corpus.files), len(session.val_indices))
     logger.info("partition %s into %d clients: blocks per client %s", session.config.partition_data,
                 session.config.n_clients, sizes)
-

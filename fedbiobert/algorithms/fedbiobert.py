@@ -74,11 +74,13 @@ class FedBioBERTClient(ClientTrainer):
                           tokens=int(batch.attention_mask.sum()), step=global_step, client_id=self.client_id)
 
     def finish(self) -> list[StepResult]:
-        """Settle every OUTPUT still awaited, then one last step for the head's gradients."""
+        """Head on the client: settle every OUTPUT still awaited (this silo's head needs their
+        gradients before its weights are averaged), then one last step. Head on the server: nothing
+        to wait for; the activations still in flight are delivered while the next silo trains (the
+        process flushes before it says ROUND_DONE), so there is no pipeline bubble between silos."""
         losses = self._settle_outputs(keep=0) if self.head_on_client else []
         if losses:
             self.stepper.step(self.last_step)
-        self.channel.flush()
         return [StepResult(global_loss=loss, step=self.last_step, client_id=self.client_id) for loss in losses]
 
     def _send_activation(self, hidden, attention_mask, positions, targets, global_step: int) -> None:

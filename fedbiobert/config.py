@@ -100,9 +100,15 @@ class Config:
     on_nonfinite: str = _opt("stop", "a client whose loss or update is NaN/inf: stop the run, or skip_client "
                              "(its update is left out of the average)", choices=("stop", "skip_client"),
                              group="federation")
-    inject_nan_update: str | None = _opt(None, "chaos testing: CLIENT:ROUND[,CLIENT:ROUND...] poisons those "
-                                         "clients' updates with NaN after training (1-based rounds) to rehearse "
-                                         "--on_nonfinite and --min_clients", group="federation")
+    silo_timeout: float | None = _opt(None, "seconds a sampled client may spend on its local training in a round; "
+                                      "one still training then is cut off at its next step and left out of the "
+                                      "round (a straggler), like a client that fails", group="federation")
+    inject_fault: str | None = _opt(None, "chaos testing: CLIENT:ROUND:KIND[,...] with KIND nan (the update is "
+                                    "poisoned after training), error (the client raises after its first step) or "
+                                    "stall (it stalls past --silo_timeout); 1-based rounds. Rehearses "
+                                    "--on_nonfinite, --silo_timeout and --min_clients", group="federation")
+    inject_nan_update: str | None = _opt(None, "chaos testing: CLIENT:ROUND[,...] is --inject_fault "
+                                         "CLIENT:ROUND:nan", group="federation")
     max_inflight: int = _opt(4, "batches a client may run ahead of its server (client-head mode)",
                              group="federation")
     # --- optimisation -------------------------------------------------------------------
@@ -178,9 +184,10 @@ class Config:
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.comm_dtype]
 
     @property
-    def nan_injections(self) -> set[tuple[int, int]]:
-        """(client_id, 0-based round) pairs of --inject_nan_update."""
-        return parse_injections(self.inject_nan_update)
+    def fault_injections(self) -> dict[tuple[int, int], str]:
+        """(client_id, 0-based round) -> fault kind, from --inject_fault and --inject_nan_update."""
+        return {**parse_injections(self.inject_nan_update, "--inject_nan_update", default_kind="nan"),
+                **parse_injections(self.inject_fault, "--inject_fault")}
 
     @property
     def gpu_id_list(self) -> list[int] | None:
@@ -238,15 +245,23 @@ def parse_fl_aggregate(text: str) -> dict[str, str]:
     return options
 
 
-def parse_injections(text: str | None) -> set[tuple[int, int]]:
-    pairs = set()
+FAULT_KINDS = ("nan", "error", "stall")
+
+
+def parse_injections(text: str | None, flag: str, default_kind: str | None = None) -> dict[tuple[int, int], str]:
+    """'CLIENT:ROUND:KIND,...' (or 'CLIENT:ROUND,...' with a default kind) -> {(client, 0-based round): kind}."""
+    accepted = ("CLIENT:ROUND pairs with ROUND >= 1, e.g. 1:2,3:2" if default_kind else
+                f"CLIENT:ROUND:KIND with ROUND >= 1 and KIND one of {', '.join(FAULT_KINDS)}, e.g. 1:2:error")
+    faults = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        client, sep, round_number = item.partition(":")
-        if not (sep and client.isdigit() and round_number.isdigit() and int(round_number) >= 1):
-            raise ConfigError(f"--inject_nan_update '{text}' is not understood (accepted: CLIENT:ROUND pairs with "
-                              "ROUND >= 1, e.g. 1:2,3:2)")
-        pairs.add((int(client), int(round_number) - 1))
-    return pairs
+        fields = item.split(":")
+        if default_kind is not None and len(fields) == 2:
+            fields.append(default_kind)
+        if not (len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit() and int(fields[1]) >= 1
+                and fields[2] in FAULT_KINDS):
+            raise ConfigError(f"{flag} '{text}' is not understood (accepted: {accepted})")
+        faults[(int(fields[0]), int(fields[1]) - 1)] = fields[2]
+    return faults
 
 
 def parse_gpu_ids(text: str | None) -> list[int] | None:
@@ -369,10 +384,26 @@ def validate_static(config: Config) -> None:
     _validate_optimisation(config)
     _validate_model_shape(config)
     parse_fl_aggregate(config.fl_aggregate)
-    for client_id, _ in parse_injections(config.inject_nan_update):
-        _require(client_id < config.n_clients, f"--inject_nan_update names client {client_id} but --n_clients is "
-                 f"{config.n_clients} (clients are numbered from 0)")
+    _validate_fault_injection(config)
     parse_gpu_ids(config.gpu_ids)
+
+
+def _validate_fault_injection(config: Config) -> None:
+    if config.silo_timeout is not None:
+        _require(config.silo_timeout > 0, f"--silo_timeout {config.silo_timeout} must be positive (seconds)")
+    for (client_id, _), kind in config.fault_injections.items():
+        _require(client_id < config.n_clients, f"--inject_fault names client {client_id} but --n_clients is "
+                 f"{config.n_clients} (clients are numbered from 0)")
+        if kind == "stall":
+            _validate_stall(config, client_id)
+
+
+def _validate_stall(config: Config, client_id: int) -> None:
+    _require(config.silo_timeout is not None,
+             f"--inject_fault {client_id}:ROUND:stall needs --silo_timeout (a stall is what it cuts off)")
+    _require(config.silo_timeout < config.comm_timeout,
+             f"--inject_fault {client_id}:ROUND:stall stalls for --silo_timeout {config.silo_timeout:g}s, "
+             f"which must be under --comm_timeout {config.comm_timeout:g}s (else the server gives up first)")
 
 
 def _validate_choices(config: Config) -> None:

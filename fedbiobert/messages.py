@@ -44,6 +44,7 @@ class Kind(IntEnum):
 class Control(IntEnum):
     NONE = 0
     ROUND_DONE = 1  # client process -> its server: no more messages from me this round
+    ABANDON = 2     # client -> server: the silo failed; drop the batch of this step awaiting its GRAD
 
 
 @dataclass

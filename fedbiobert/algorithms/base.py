@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedbiobert.messages import Kind
+from fedbiobert.messages import Control, Kind, Message
 from fedbiobert.optim import build_optimizer, set_learning_rate
 
 
@@ -66,6 +66,11 @@ class ClientTrainer(ABC):
     def finish(self) -> list[StepResult]:
         """End of this client's round: settle everything still in flight with the server."""
 
+    def abandon(self) -> None:
+        """This silo failed or ran out of time mid-round: close every exchange still open with the
+        server without training on it (the server drops what it kept for those batches), so that
+        the server and this process's next silo stay in step. Default: nothing is ever left open."""
+
 
 class ServerTrainer(ABC):
     """Trains one server replica for one communication round on the messages of its clients."""
@@ -102,6 +107,10 @@ class SplitServerTrainer(ServerTrainer):
         return self._samples
 
     def handle(self, message) -> StepResult | None:
+        if message.kind is Kind.CONTROL and message.control is Control.ABANDON:
+            # Paired with a client trainer's abandon(): its silo failed, this batch's GRAD never comes.
+            self.awaiting_grad.pop((message.source, message.step), None)
+            return None
         if message.kind is Kind.ACTIVATION:
             self._samples += message.tensors[0].shape[0]
             return self.on_activation(message)
@@ -153,6 +162,11 @@ def expect(message, kind, step: int, peer: int) -> None:
     if message.kind is not kind or message.step != step:
         raise RuntimeError(f"protocol error: expected {kind.name} of step {step} from rank {peer}, "
                            f"got {message.kind.name} of step {message.step}")
+
+
+def abandon_message(client_id: int, round_idx: int, step: int):
+    """What a client sends instead of the GRAD of a batch it will never answer."""
+    return Message(Kind.CONTROL, client_id=client_id, round=round_idx, step=step, control=Control.ABANDON)
 
 
 def loss_value(loss: torch.Tensor) -> float:

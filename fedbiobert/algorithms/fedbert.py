@@ -23,8 +23,8 @@ import math
 
 import torch
 
-from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult, expect,
-                                        loss_value)
+from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
+                                        abandon_message, expect, loss_value)
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
 
@@ -37,6 +37,9 @@ class FedBERTClient(ClientTrainer):
         self.head_on_client = config.head_placement == "client"
         self.wire_dtype = config.wire_dtype
         self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+        # The exchange of the current step still open with the server, for abandon():
+        # (step, what comes next: "output" to receive, "answer" to send, "grad" to receive) or None.
+        self.open_exchange: tuple[int, str] | None = None
 
     def step(self, batch, global_step: int) -> StepResult:
         positions = masked_positions(batch.labels)
@@ -46,9 +49,11 @@ class FedBERTClient(ClientTrainer):
         if not self.head_on_client:
             tensors.append(targets)
         self._send(Kind.ACTIVATION, global_step, tensors)  # paired with FedBERTServer._on_activation
+        self.open_exchange = (global_step, "output" if self.head_on_client else "grad")
         global_loss = self._final_head_round_trip(global_step, targets) if self.head_on_client else None
         reply = self.channel.recv(self.server_rank)  # blocks: the GRAD at the cut
         expect(reply, Kind.GRAD, global_step, self.server_rank)
+        self.open_exchange = None
         hidden.backward(reply.tensors[0].to(hidden.dtype))
         self.stepper.step(global_step)
         return StepResult(global_loss=global_loss, tokens=int(batch.attention_mask.sum()), step=global_step,
@@ -58,14 +63,33 @@ class FedBERTClient(ClientTrainer):
         self.channel.flush()
         return []
 
+    def abandon(self) -> None:
+        """Close the current step's exchange: take an owed OUTPUT and answer it with ABANDON (the
+        server then sends nothing more for that step), or take the owed GRAD at the cut."""
+        if self.open_exchange is None:
+            return
+        step, next_part = self.open_exchange
+        if next_part == "output":
+            expect(self.channel.recv(self.server_rank), Kind.OUTPUT, step, self.server_rank)
+            next_part = "answer"
+        if next_part == "answer":
+            # paired with SplitServerTrainer.handle (ABANDON): the server drops the graph, no reply
+            self.channel.send(abandon_message(self.client_id, self.round_idx, step), self.server_rank)
+        else:
+            expect(self.channel.recv(self.server_rank), Kind.GRAD, step, self.server_rank)
+        self.open_exchange = None
+        self.channel.flush()
+
     def _final_head_round_trip(self, global_step: int, targets) -> float:
         output = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
         expect(output, Kind.OUTPUT, global_step, self.server_rank)
+        self.open_exchange = (global_step, "answer")
         server_hidden = output.tensors[0].float().requires_grad_()
         final_loss = mlm_loss(self.model.final_logits(server_hidden), targets)
         final_loss.backward()
         value = loss_value(final_loss)
         self._send(Kind.GRAD, global_step, [server_hidden.grad.to(self.wire_dtype)], (math.nan, value))
+        self.open_exchange = (global_step, "grad")
         return value
 
     def _send(self, kind: Kind, step: int, tensors, scalars=(math.nan, math.nan)) -> None:

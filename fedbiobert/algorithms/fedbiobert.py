@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult, expect,
-                                        loss_value)
+from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
+                                        abandon_message, expect, loss_value)
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import (client_state_keys, gather_masked, masked_positions, mlm_loss, split_model,
                               stash_weights)
@@ -55,6 +55,7 @@ class FedBioBERTClient(ClientTrainer):
         self.wire_dtype = config.wire_dtype
         self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
         self.awaited: collections.deque[_AwaitedOutput] = collections.deque()
+        self.holding_output = False  # the oldest awaited OUTPUT was received but not yet answered
         self.last_step = -1
 
     def step(self, batch, global_step: int) -> StepResult:
@@ -83,6 +84,17 @@ class FedBioBERTClient(ClientTrainer):
             self.stepper.step(self.last_step)
         return [StepResult(global_loss=loss, step=self.last_step, client_id=self.client_id) for loss in losses]
 
+    def abandon(self) -> None:
+        """Take every OUTPUT still owed to this silo and answer each with ABANDON instead of a GRAD."""
+        for awaited in self.awaited:
+            if not self.holding_output:
+                message = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
+                expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
+            self.holding_output = False
+            # paired with SplitServerTrainer.handle (ABANDON): the server drops that batch's graph
+            self.channel.send(abandon_message(self.client_id, self.round_idx, awaited.step), self.server_rank)
+        self.awaited.clear()
+
     def _send_activation(self, hidden, attention_mask, positions, targets, global_step: int) -> None:
         tensors = [hidden.detach().to(self.wire_dtype), attention_mask.to(torch.uint8), positions]
         if not self.head_on_client:
@@ -97,9 +109,10 @@ class FedBioBERTClient(ClientTrainer):
         """Consume OUTPUTs (oldest first) until at most `keep` are awaited; return their final losses."""
         losses = []
         while len(self.awaited) > keep:
-            awaited = self.awaited.popleft()
+            awaited = self.awaited[0]  # popped once answered: abandon() must know what is still open
             message = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
             expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
+            self.holding_output = True
             server_hidden = message.tensors[0].float().requires_grad_()
             final_loss = mlm_loss(self.model.final_logits(server_hidden), awaited.targets)
             final_loss.backward()  # grads for the client's final head, and d loss / d server_hidden
@@ -107,6 +120,8 @@ class FedBioBERTClient(ClientTrainer):
             reply = Message(Kind.GRAD, client_id=self.client_id, round=self.round_idx, step=awaited.step,
                             scalars=(math.nan, losses[-1]), tensors=[server_hidden.grad.to(self.wire_dtype)])
             self.channel.send(reply, self.server_rank)  # paired with FedBioBERTServer.handle (GRAD)
+            self.awaited.popleft()
+            self.holding_output = False
         return losses
 
 

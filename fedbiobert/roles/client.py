@@ -14,7 +14,7 @@ import time
 import torch
 
 from fedbiobert.aggregate import WeightedSum
-from fedbiobert.comm import LinkModel, link_channel
+from fedbiobert.comm import LinkModel, PeerError, link_channel
 from fedbiobert.data import client_batches
 from fedbiobert.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
@@ -24,6 +24,20 @@ from fedbiobert.roles.round_end import RoundPiece, cpu_state
 from fedbiobert.seeding import derive_seed, seed_torch
 
 logger = logging.getLogger(__name__)
+
+
+class SiloTimeout(RuntimeError):
+    """A silo was still training at --silo_timeout."""
+
+
+class InjectedFault(RuntimeError):
+    """--inject_fault CLIENT:ROUND:error (chaos testing)."""
+
+
+def _inject_fault(kind: str, silo_timeout: float | None) -> None:
+    if kind == "error":
+        raise InjectedFault("injected by --inject_fault")
+    time.sleep(silo_timeout)  # "stall": the deadline check right after this fires
 
 
 class ClientProcess(RoleProcess):
@@ -86,24 +100,59 @@ class ClientProcess(RoleProcess):
             self.extra_comm_seconds += delay
 
     def _train_client(self, client_id: int, round_idx: int) -> str | None:
-        """Train one silo for this round; returns what makes its update unusable, or None."""
+        """Train one silo for this round; returns why its update is left out of the round, or None.
+
+        A silo that raises, or is still training at --silo_timeout, is cut off at that point: its
+        open exchanges with the server are closed (trainer.abandon) and its update is dropped.
+        Losing a peer (PeerError) is not a silo's failure: that still ends the run, bounded.
+        """
         config = self.config
         seed_torch(config.manual_seed, "client-dropout", round_idx, self._seed_key(client_id),
                    self._process_salt())
         self.model.train()
         trainer = self.algorithm.client_trainer(self.model, self.channel, self.server_rank, client_id, round_idx)
+        fault = config.fault_injections.get((client_id, round_idx))
         started = time.time()
+        try:
+            self._train_local_rounds(trainer, client_id, round_idx, fault, started)
+        except (PeerError, NonFiniteError):
+            raise
+        except Exception as error:  # noqa: BLE001 -- any failure of one silo's own work
+            return self._abandon_silo(trainer, client_id, round_idx, error)
+        logger.debug("client %d round %d trained in %.2fs", client_id, round_idx + 1, time.time() - started)
+        if fault == "nan":  # chaos testing: a poisoned update
+            next(self.model.parameters()).data.fill_(float("nan"))
+        problem = self._nonfinite_problem(trainer)
+        if problem is not None and config.on_nonfinite == "stop":
+            raise NonFiniteError(f"client {client_id} in round {round_idx + 1}: {problem}; stopping (the last "
+                                 "checkpoint is intact; --on_nonfinite skip_client leaves such updates out instead)")
+        return problem
+
+    def _train_local_rounds(self, trainer, client_id: int, round_idx: int, fault: str | None,
+                            started: float) -> None:
+        config = self.config
+        deadline = None if config.silo_timeout is None else started + config.silo_timeout
         for local_round in range(config.n_local_rounds):
             for batch_idx, batch in enumerate(self._batches(client_id, round_idx, local_round)):
                 global_step = round_idx * config.steps_per_round + local_round * config.num_batch + batch_idx
                 result = trainer.step(batch.to(self.session.device), global_step)
                 self._record(result, round_idx)
+                if fault in ("error", "stall"):
+                    _inject_fault(fault, config.silo_timeout)
+                    fault = None
+                if deadline is not None and time.time() > deadline:
+                    raise SiloTimeout(f"still training after --silo_timeout {config.silo_timeout:g}s "
+                                      f"(step {batch_idx + 1} of local round {local_round + 1})")
         for result in trainer.finish():
             self._record(result, round_idx)
-        logger.debug("client %d round %d trained in %.2fs", client_id, round_idx + 1, time.time() - started)
-        if (client_id, round_idx) in self.config.nan_injections:  # chaos testing: a poisoned update
-            next(self.model.parameters()).data.fill_(float("nan"))
-        return self._nonfinite_problem(trainer)
+
+    def _abandon_silo(self, trainer, client_id: int, round_idx: int, error: Exception) -> str:
+        expected = isinstance(error, (SiloTimeout, InjectedFault))
+        logger.log(logging.WARNING if expected else logging.ERROR, "client %d in round %d: %s: %s",
+                   client_id, round_idx + 1, type(error).__name__, error, exc_info=not expected)
+        trainer.abandon()
+        self.model.zero_grad(set_to_none=True)  # nothing of this silo's last step reaches the next silo
+        return f"{'timed out' if isinstance(error, SiloTimeout) else 'failed'}: {type(error).__name__}: {error}"
 
     def _nonfinite_problem(self, trainer) -> str | None:
         if trainer.stepper.skipped_steps:
@@ -113,12 +162,9 @@ class ClientProcess(RoleProcess):
         return None
 
     def _drop_silo(self, client_id: int, round_idx: int, problem: str) -> None:
-        """A poisoned update is never averaged: stop the run, or leave this silo out of the round."""
-        where = f"client {client_id} in round {round_idx + 1}"
-        if self.config.on_nonfinite == "stop":
-            raise NonFiniteError(f"{where}: {problem}; stopping (the last checkpoint is intact; "
-                                 "--on_nonfinite skip_client leaves such updates out instead)")
-        logger.warning("%s: %s; its update is left out of the average", where, problem)
+        """An unusable update is never averaged: this silo is left out of the round (--min_clients
+        decides at round end whether enough silos reported)."""
+        logger.warning("client %d in round %d is left out of the average: %s", client_id, round_idx + 1, problem)
         self.events.record("dropped", round=round_idx + 1, client_id=client_id, reason=problem)
 
     def _seed_key(self, client_id: int) -> int:

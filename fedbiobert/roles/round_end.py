@@ -80,8 +80,9 @@ class RoundWriter:
                 logger.warning("round %d: %d of %d sampled clients reported; averaging over those",
                                round_idx + 1, reported, sampled)
             return None
+        kept = f"the checkpoint of round {round_idx}" if round_idx else "no round completed yet"
         return (f"round {round_idx + 1}: only {reported} of {sampled} sampled clients reported a usable update "
-                f"(--min_clients {self.config.min_clients}); stopping at the checkpoint of round {round_idx}")
+                f"(--min_clients {self.config.min_clients}); stopping at {kept}")
 
     def write(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
         state = self._resume_state(round_idx, pieces)

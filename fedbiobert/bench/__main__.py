@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR, help="corpus (default: %(default)s)")
     parser.add_argument("--only", help="comma-separated runs to do: entry names (every link) or NAME@LINK; "
                         "shell globs allowed, e.g. 'fedbiobert-*'")
-    parser.add_argument("--nproc", type=int, default=3, help="fedbiobert: 1 server + N-1 client processes; fedbert: "
+    parser.add_argument("--nproc", type=int, help="fedbiobert: 1 server + N-1 client processes; fedbert: "
                         "N-1 client processes, each with its own server replica (parallel schedule) or sharing 1 "
-                        "server (sequential); fedavg: N client processes; centralized: 1 (default 3)")
+                        "server (sequential); fedavg: N client processes; centralized: 1 (default: the preset's, "
+                        "2 for quick and cpu: one process per core of a 2-core CPU)")
     parser.add_argument("--fedbert_schedule", default="sequential", help="the servers of the fedbert entries "
                         "(fedbert-0-L-parallel always has a replica per client process): sequential (one shared "
                         "server, the same processes as fedbiobert) or parallel (accepted: "
@@ -84,7 +85,8 @@ def plan(args: argparse.Namespace) -> tuple[Preset, list[RunSpec], RunnerSetting
     """Every check of the options, before anything runs. Raises BenchError."""
     preset = choose_preset(args)
     links = parse_links(args.links if args.links is not None else preset.links)
-    specs = select(build_matrix(preset, links, args.nproc, algorithm_kinds(args.fedbert_schedule)), args.only)
+    nproc = args.nproc if args.nproc is not None else preset.nproc
+    specs = select(build_matrix(preset, links, nproc, algorithm_kinds(args.fedbert_schedule)), args.only)
     if not args.data_dir.exists():
         raise BenchError(f"--data_dir '{args.data_dir}' does not exist (accepted: a corpus file or folder)")
     if args.out.exists() and not args.out.is_dir():

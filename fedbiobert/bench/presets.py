@@ -25,6 +25,7 @@ class Preset:
     n_clients: int
     fedbiobert_cuts: tuple[int, ...]     # client encoder layers k of the fedbiobert k-(L-k) entries
     links: str = "none,100:5"            # default of --links
+    nproc: int = 3                       # default of --nproc
     val_batches: int = 4
     run_timeout: float = 600.0           # seconds one run may take before it is killed and marked failed
     on_cuda: bool = False
@@ -48,11 +49,12 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick", description="a few minutes on a 2-core CPU", num_layers=4, hidden_size=128,
         num_attention_heads=2, intermediate_size=512, vocab_size=4000, max_len=128, batch_size=8, num_batch=10,
-        n_comm_rounds=3, n_clients=4, fedbiobert_cuts=(2,), val_batches=2, run_timeout=300),
+        n_comm_rounds=3, n_clients=4, fedbiobert_cuts=(2,), val_batches=2, run_timeout=300, nproc=2),
     "cpu": Preset(
         name="cpu", description="a longer CPU comparison (tens of minutes)", num_layers=6, hidden_size=256,
         num_attention_heads=4, intermediate_size=1024, vocab_size=16000, max_len=128, batch_size=8,
-        num_batch=20, n_comm_rounds=6, n_clients=4, fedbiobert_cuts=(1, 3, 5), val_batches=8, run_timeout=1800),
+        num_batch=20, n_comm_rounds=6, n_clients=4, fedbiobert_cuts=(1, 3, 5), val_batches=8, run_timeout=1800,
+        nproc=2),
     "gpu": Preset(  # the paper-sized setting (BERT-base shape)
         name="gpu", description="paper-sized BERT-base on CUDA", num_layers=12, hidden_size=768,
         num_attention_heads=12, intermediate_size=3072, vocab_size=30522, max_len=512, batch_size=16,

@@ -10,6 +10,7 @@ from fedbiobert.algorithms import REGISTRY
 from fedbiobert.comm import Channel, init_distributed, launch_info_from_env
 from fedbiobert.config import Config
 from fedbiobert.data import MaskingSpec, build_tokenizer, client_batches, list_corpus_files, load_or_build_token_cache
+from fedbiobert.messages import Control, Kind, Message
 from fedbiobert.model import ModelSpec, build_config, build_full_model
 from fedbiobert.optim import Schedule
 from fedbiobert.topology import Topology
@@ -42,3 +43,18 @@ def two_process_channel() -> Channel:
     topology = Topology(2, 1, 1, 1, 0)
     groups = init_distributed(launch, topology, on_cuda=False, timeout_s=60)
     return Channel(launch.rank, groups.link[0], groups.link[0], torch.device("cpu"), 30, topology.describe)
+
+
+def train_silo(algorithm, client, channel, batches, client_id: int = 0):
+    """Train one silo on `batches` against server rank 0 (round 0); returns its trainer."""
+    trainer = algorithm.client_trainer(client, channel, 0, client_id=client_id, round_idx=0)
+    for step, batch in enumerate(batches):
+        trainer.step(batch, step)
+    trainer.finish()
+    return trainer
+
+
+def end_round(channel) -> None:
+    """Paired with the test server's loop: nothing more from this client process this round."""
+    channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)
+    channel.flush()

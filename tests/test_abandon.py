@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fedbiobert.comm import shutdown
-from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.messages import Control, Kind
 from tests.distributed import run_processes
-from tests.split_setup import build_split, two_process_channel
+from tests.split_setup import build_split, end_round, train_silo, two_process_channel
 
 STEPS = 3
 
@@ -62,12 +62,8 @@ def _worker(rank, world_size, options, corpus_dir, cache_dir, out_dir):
             failed.finish()
         failed.abandon()
         client.zero_grad(set_to_none=True)
-        following = algorithm.client_trainer(client, channel, 0, client_id=1, round_idx=0)
-        for step, batch in enumerate(batches):
-            following.step(batch, step)
-        following.finish()
-        channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)
-        channel.flush()
+        train_silo(algorithm, client, channel, batches, client_id=1)  # the next silo, served normally
+        end_round(channel)
     shutdown()
 
 

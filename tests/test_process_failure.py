@@ -71,4 +71,4 @@ def test_killed_process_bounded_exit_intact_checkpoint_and_resume(tmp_path, smal
     resumed = torchrun(3, [*args, "--from_checkpoint", "True"], cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rounds = [event["round"] for event in read_events(output) if event["event"] == "round"]
-    assert rounds == list(range(1, 4))
+    assert rounds == [1, 2, 3]

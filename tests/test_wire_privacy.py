@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fedbiobert.comm import shutdown
-from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.messages import Kind
 from fedbiobert.model import masked_positions
 from tests.distributed import run_processes
-from tests.split_setup import build_split, two_process_channel
+from tests.split_setup import build_split, end_round, train_silo, two_process_channel
 
 STEPS = 4
 
@@ -39,12 +39,8 @@ def _worker(rank, world_size, head_placement, corpus_dir, cache_dir, out_dir):
         channel.flush()
         torch.save([(m.kind.name, m.step, m.tensors) for m in received], out_dir / "wire.pt")
     else:
-        trainer = algorithm.client_trainer(client, channel, 0, client_id=0, round_idx=0)
-        for step, batch in enumerate(batches):
-            trainer.step(batch, step)
-        trainer.finish()
-        channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)
-        channel.flush()
+        train_silo(algorithm, client, channel, batches)
+        end_round(channel)
         (out_dir / "client_bytes.json").write_text(json.dumps(channel.bytes.as_dict()))
     shutdown()
 

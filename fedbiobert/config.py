@@ -28,6 +28,7 @@ SERVER_SCHEDULES = ("parallel", "sequential")
 CLIENT_SEEDS = ("distinct", "shared")
 ARCHS = ("bert", "roberta")
 HEAD_PLACEMENTS = ("client", "server")
+SERVER_OUTPUTS = ("auto", "full", "masked")
 PARTITION_SCHEMES = ("random", "by_file", "dirichlet", "label")
 COMM_DTYPES = ("fp32", "bf16", "fp16")
 AGGREGATE_WEIGHTINGS = ("samples", "uniform")
@@ -72,6 +73,11 @@ class Config:
     head_placement: str = _opt("client", "where the final MLM head runs: client (labels never leave the silo)"
                                " or server (labels of masked positions are sent; no reply needed)",
                                choices=HEAD_PLACEMENTS, group="model")
+    server_output: str = _opt("auto", "head on the client: what the server sends back each step, its last hidden "
+                              "states at every position (full: FedBERT as published, four activation-sized "
+                              "transfers per step) or at the masked positions only (masked: the same loss and "
+                              "gradients in about --mlm_probability of the bytes); auto: full for fedbert, masked "
+                              "for fedbiobert", choices=SERVER_OUTPUTS, group="model")
     # --- federation -------------------------------------------------------------------------
     n_clients: int = _opt(4, "logical clients (silos)", group="federation")
     participation_ratio: float = _opt(1.0, "fraction of clients sampled each round, in (0, 1]",
@@ -177,6 +183,13 @@ class Config:
     @property
     def aggregate_weighting(self) -> str:
         return parse_fl_aggregate(self.fl_aggregate)["weighting"]
+
+    @property
+    def server_sends_full_output(self) -> bool:
+        """Head on the client: the server's OUTPUT (and the client's GRAD) cover every position."""
+        if self.server_output == "auto":
+            return self.algorithm == "fedbert"
+        return self.server_output == "full"
 
     @property
     def wire_dtype(self):
@@ -385,7 +398,17 @@ def validate_static(config: Config) -> None:
     _validate_model_shape(config)
     parse_fl_aggregate(config.fl_aggregate)
     _validate_fault_injection(config)
+    _validate_server_output(config)
     parse_gpu_ids(config.gpu_ids)
+
+
+def _validate_server_output(config: Config) -> None:
+    if config.server_output == "auto":
+        return
+    _require(config.is_split and config.head_placement == "client",
+             f"--server_output {config.server_output} applies to split algorithms (fedbiobert, fedbert) with "
+             f"--head_placement client only; this run has --algorithm {config.algorithm} --head_placement "
+             f"{config.head_placement} (accepted here: auto)")
 
 
 def _validate_fault_injection(config: Config) -> None:

@@ -191,6 +191,9 @@ CATALOGUE = {
                                                  "--inject_fault names client 5 but --n_clients is 2"),
     "stall without a silo timeout": Bad(lambda t, c: ["--inject_fault", "1:1:stall"],
                                         "--inject_fault 1:ROUND:stall needs --silo_timeout"),
+    "server_output with the head on the server": Bad(
+        lambda t, c: ["--head_placement", "server", "--server_output", "masked"],
+        "--server_output masked applies to split algorithms (fedbiobert, fedbert) with --head_placement client only"),
     "silo_timeout not positive": Bad(lambda t, c: ["--silo_timeout", "0"], "--silo_timeout 0.0 must be positive"),
     "max_len too small": Bad(lambda t, c: ["--max_len", "4"], "--max_len 4 must be at least 8"),
     "fl_aggregate unknown scheme": Bad(lambda t, c: ["--fl_aggregate", "scheme=median"],

@@ -17,7 +17,7 @@ from fedbiobert.model import build_joined_model, full_mlm_loss, gather_masked, m
 from tests.conftest import SCIVOCAB, copy_head
 from tests.distributed import run_processes
 from tests.launch import TINY_MODEL, torchrun
-from tests.split_setup import build_split, two_process_channel
+from tests.split_setup import HIDDEN, build_split, two_process_channel
 
 STEPS = 3
 
@@ -70,14 +70,18 @@ def _worker(rank, world_size, options, capture_step, corpus_dir, cache_dir, out_
         first = batches[0]
         full_mlm_loss(joined, first.input_ids, first.attention_mask, first.labels).backward()
         captured["full_backprop"] = _grads(joined)
+        captured["bytes"] = channel.bytes.as_dict()
+        captured["masked_rows"] = [len(masked_positions(batch.labels)) for batch in batches]
+        captured["batch_shape"] = tuple(first.input_ids.shape)
         torch.save(captured, out_dir / "grads.pt")
     shutdown()
 
 
 @pytest.mark.parametrize("options", [
     {"algorithm": "fedbert", "num_client_encoder": 0, "num_server_encoder": 2},
+    {"algorithm": "fedbert", "num_client_encoder": 0, "num_server_encoder": 2, "server_output": "masked"},
     {"algorithm": "fedbert", "num_client_encoder": 1, "num_server_encoder": 1, "head_placement": "server"},
-], ids=["fedbert-0-2-client-head", "fedbert-1-1-server-head"])
+], ids=["fedbert-0-2-client-head", "fedbert-0-2-client-head-masked-output", "fedbert-1-1-server-head"])
 def test_fedbert_client_gradients_equal_full_backprop(tmp_path, small_corpus, options):
     run_processes(_worker, 2, options, 0, small_corpus, tmp_path / "cache", tmp_path, timeout=120)
     captured = torch.load(tmp_path / "grads.pt")
@@ -85,10 +89,30 @@ def test_fedbert_client_gradients_equal_full_backprop(tmp_path, small_corpus, op
     assert any(name.startswith("bert.embeddings") for name in client_grads)
     for name, grad in client_grads.items():
         torch.testing.assert_close(grad, reference[name], msg=name)
+    _check_cut_traffic(captured, options)
 
 
-def test_fedbiobert_client_gradients_are_the_auxiliary_loss_gradients(tmp_path, small_corpus):
-    options = {"algorithm": "fedbiobert", "num_client_encoder": 1, "num_server_encoder": 1, "max_inflight": 1}
+def _check_cut_traffic(captured, options):
+    """Bytes per kind equal the tensors the paper's protocol sends: with the head on the client,
+    FedBERT's OUTPUT and its GRAD are the server's last hidden states at every position (B,T,H
+    float32: four activation-sized transfers per step); --server_output masked sends M,H rows."""
+    batch, seq_len = captured["batch_shape"]
+    activation_sized = STEPS * batch * seq_len * HIDDEN * 4
+    counted = captured["bytes"]
+    assert counted["received_grad"] == activation_sized  # the GRAD at the cut, in every variant
+    if options.get("head_placement") == "server":
+        assert "received_output" not in counted and "sent_grad" not in counted
+        return
+    output_bytes = sum(captured["masked_rows"]) * HIDDEN * 4 if options.get("server_output") == "masked" \
+        else activation_sized
+    assert counted["received_output"] == output_bytes
+    assert counted["sent_grad"] == output_bytes  # the client's GRAD has the OUTPUT's shape
+
+
+@pytest.mark.parametrize("server_output", ["auto", "full"])
+def test_fedbiobert_client_gradients_are_the_auxiliary_loss_gradients(tmp_path, small_corpus, server_output):
+    options = {"algorithm": "fedbiobert", "num_client_encoder": 1, "num_server_encoder": 1, "max_inflight": 1,
+               "server_output": server_output}
     run_processes(_worker, 2, options, 2, small_corpus, tmp_path / "cache", tmp_path, timeout=120)
     captured = torch.load(tmp_path / "grads.pt")
     grads, aux_only = captured["grads"], captured["aux_only"]

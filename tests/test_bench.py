@@ -11,7 +11,7 @@ from fedbiobert.bench.__main__ import main
 from fedbiobert.bench.matrix import BenchError, Link, algorithm_kinds, build_matrix, check_nproc, parse_links, select
 from fedbiobert.bench.presets import PRESETS
 from fedbiobert.bench.report import markdown_table, results_markdown
-from fedbiobert.bench.results import add_speedups, seconds_per_round, steady_tokens_per_second
+from fedbiobert.bench.results import add_speedups, merge_repeats, seconds_per_round, steady_tokens_per_second
 from fedbiobert.config import Config, parse_config, validate_static, validate_world
 from tests.launch import REPO
 
@@ -38,12 +38,16 @@ def test_quick_matrix_entries_names_and_links():
     specs = _quick_matrix()
     assert [spec.name for spec in specs] == [
         "fedbert-0-4", "fedbert-0-4@100mbit-5ms", "fedbert-0-4-parallel", "fedbert-0-4-parallel@100mbit-5ms",
-        "fedbert-2-2", "fedbert-2-2@100mbit-5ms", "fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms",
+        "fedbert-0-4-masked", "fedbert-0-4-masked@100mbit-5ms", "fedbert-2-2", "fedbert-2-2@100mbit-5ms",
+        "fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms",
         "fedbiobert-2-2-serverhead", "fedbiobert-2-2-serverhead@100mbit-5ms", "fedavg", "fedavg@100mbit-5ms",
         "centralized"]
     by_name = {spec.name: spec for spec in specs}
     assert by_name["fedbert-0-4"].is_baseline and not by_name["fedbert-2-2"].is_baseline
     assert not by_name["fedbert-0-4-parallel"].is_baseline
+    assert by_name["fedbert-0-4-masked"].is_masked_baseline and not by_name["fedbert-0-4-masked"].is_baseline
+    assert by_name["fedbert-0-4-masked"].flags()[-2:] == ["--server_output", "masked"]
+    assert "--server_output" not in by_name["fedbert-0-4"].flags()  # the paper's FedBERT (full output)
     processes = {name: (spec.nproc, spec.num_device) for name, spec in by_name.items()}
     assert processes["fedbiobert-2-2"] == (3, 1)     # 1 server + 2 client processes
     assert processes["fedbert-0-4"] == (3, 1)        # one shared server: the same processes as fedbiobert
@@ -53,6 +57,11 @@ def test_quick_matrix_entries_names_and_links():
     central = by_name["centralized"]
     assert (central.nproc, central.n_clients, central.num_batch, central.num_device) == (1, 1, 40, 0)
     assert by_name["fedavg"].n_clients == 4 and by_name["fedavg"].num_batch == 10
+
+
+def test_with_one_client_process_the_parallel_fedbert_is_not_run_twice():
+    names = [spec.entry for spec in _quick_matrix(links=(None,), nproc=2)]
+    assert "fedbert-0-4-parallel" not in names and "fedbert-0-4" in names and "fedbert-0-4-masked" in names
 
 
 def test_fedbert_parallel_schedule_gives_a_replica_per_client_process():
@@ -137,7 +146,8 @@ def _row(name, algorithm, k, seconds, link=None, status="ok", **extra):
            "tokens_per_second": 1000.0, "bytes_up_per_round": 2_500_000.0, "bytes_down_per_round": None,
            "final_global_loss": 7.25, "val_perplexity": 1234.5, "speedup_vs_fedbert": None,
            "tokens_per_round_budget": 16384, "error": None, "log": f"logs/{name}.log",
-           "baseline": name.split("@")[0] == "fedbert-0-4"}
+           "baseline": name.split("@")[0] == "fedbert-0-4",
+           "masked_baseline": name.split("@")[0] == "fedbert-0-4-masked"}
     return {**row, **extra}
 
 
@@ -146,6 +156,7 @@ def _hand_made_rows():
     return [_row("fedbert-0-4", "fedbert", 0, 8.0), _row("fedbert-0-4@100mbit-5ms", "fedbert", 0, 12.0, wan),
             _row("fedbiobert-2-2", "fedbiobert", 2, 2.0), _row("fedbiobert-2-2@100mbit-5ms", "fedbiobert", 2, 3.0, wan),
             _row("fedavg", "fedavg", 4, 4.0), _row("fedbert-0-4-parallel", "fedbert", 0, 16.0),
+            _row("fedbert-0-4-masked", "fedbert", 0, 6.0),
             _row("centralized", "centralized", 4, None, status="failed", error="exit status 2: boom")]
 
 
@@ -154,7 +165,25 @@ def test_speedup_is_fedbert_0_l_seconds_per_round_with_the_same_link_over_this_r
     speedups = {row["name"]: row["speedup_vs_fedbert"] for row in rows}
     assert speedups == {"fedbert-0-4": 1.0, "fedbert-0-4@100mbit-5ms": 1.0, "fedbiobert-2-2": 4.0,
                         "fedbiobert-2-2@100mbit-5ms": 4.0, "fedavg": 2.0, "fedbert-0-4-parallel": 0.5,
-                        "centralized": None}
+                        "fedbert-0-4-masked": 8.0 / 6.0, "centralized": None}
+    against_masked = {row["name"]: row["speedup_vs_fedbert_masked"] for row in rows}
+    assert against_masked["fedbiobert-2-2"] == 3.0 and against_masked["fedbert-0-4-masked"] == 1.0
+    assert against_masked["fedbiobert-2-2@100mbit-5ms"] is None  # no masked baseline ran with that link
+
+
+def test_repeated_passes_merge_into_medians_and_a_failed_pass_fails_the_run():
+    passes = [_row("fedbiobert-2-2", "fedbiobert", 2, seconds, tokens_per_second=tokens)
+              for seconds, tokens in ((2.0, 900.0), (5.0, 1000.0), (3.0, 1100.0))]
+    merged = merge_repeats(passes)
+    assert (merged["seconds_per_round"], merged["tokens_per_second"], merged["passes"]) == (3.0, 1000.0, 3)
+    assert merged["seconds_per_round_passes"] == [2.0, 5.0, 3.0]
+    assert merge_repeats(passes[:1]) is passes[0]
+    broken = merge_repeats(passes[:2] + [_row("fedbiobert-2-2", "fedbiobert", 2, None, status="failed",
+                                              error="exit status 1: boom")])
+    assert broken["status"] == "failed" and broken["error"] == "exit status 1: boom"
+    machine = {"device": "cpu", "processor": "test cpu", "cpu_count": 2, "platform": "test", "python": "3",
+               "torch": "2", "git_commit": "abc"}
+    assert "--repeat 3" in results_markdown(add_speedups([merged]), machine, QUICK, "bench")
 
 
 def test_no_speedup_without_a_successful_baseline():
@@ -168,9 +197,12 @@ def test_no_speedup_without_a_successful_baseline():
 def test_markdown_table_of_hand_made_rows():
     rows = add_speedups(_hand_made_rows())
     lines = markdown_table(rows).splitlines()
-    assert lines[0].startswith("| run | link | s/round | tokens/s | speedup vs fedbert 0-L | MB up/round |")
+    assert lines[0].startswith("| run | link | s/round | tokens/s | speedup vs fedbert 0-L | vs 0-L masked | "
+                               "MB up/round |")
     assert len(lines) == 2 + len(rows)
-    assert lines[5] == ("| fedbiobert-2-2@100mbit-5ms | 100 Mbit/s, 5 ms | 3.00 | 1,000 | 4.00x | 2.50 | - "
+    assert lines[4] == ("| fedbiobert-2-2 | none | 2.00 | 1,000 | 4.00x | 3.00x | 2.50 | - "
+                        "| 7.2500 | 1,234.5 | ok |")
+    assert lines[5] == ("| fedbiobert-2-2@100mbit-5ms | 100 Mbit/s, 5 ms | 3.00 | 1,000 | 4.00x | - | 2.50 | - "
                         "| 7.2500 | 1,234.5 | ok |")
     assert lines[-1].startswith("| centralized | none | - | 1,000 | - |") and lines[-1].endswith("| failed |")
     machine = {"device": "cpu", "processor": "test cpu", "cpu_count": 2, "platform": "test", "python": "3",
@@ -185,7 +217,7 @@ def test_bad_option_exits_2_before_any_run(tmp_path, capsys):
     out = tmp_path / "out"
     for argv, named in ((["--links", "none,100:x"], "'100:x'"), (["--only", "nope"], "'nope'"),
                         (["--preset", "huge"], "'huge'"), (["--nproc", "7"], "--nproc 7"),
-                        (["--quick", "--preset", "gpu"], "gpu and quick"),
+                        (["--quick", "--preset", "gpu"], "gpu and quick"), (["--repeat", "0"], "--repeat 0"),
                         (["--data_dir", str(tmp_path / "missing")], "missing")):
         with pytest.raises(SystemExit) as exit_info:
             main(["--out", str(out), *argv])
@@ -198,18 +230,20 @@ def test_bad_option_exits_2_before_any_run(tmp_path, capsys):
 def test_tiny_benchmark_end_to_end(tmp_path, small_corpus):
     out = tmp_path / "bench"
     command = [sys.executable, "-m", "fedbiobert.bench", "--tiny", "--out", str(out), "--nproc", "2",
-               "--only", "fedbiobert-1-3,fedbiobert-3-1", "--data_dir", str(small_corpus),
+               "--only", "fedbiobert-1-3,fedbiobert-3-1", "--repeat", "2", "--data_dir", str(small_corpus),
                "--cache_dir", str(tmp_path / "cache")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "[1/2] fedbiobert-1-3" in result.stdout and "s/round" in result.stdout
+    assert "[pass 1/2, 1/2] fedbiobert-1-3" in result.stdout
+    assert "[pass 2/2, 2/2] fedbiobert-3-1" in result.stdout
     rows = json.loads((out / "results.json").read_text())
     assert [row["name"] for row in rows] == ["fedbiobert-1-3", "fedbiobert-3-1"]
     for row in rows:
         assert row["status"] == "ok" and row["rounds"] == 2 and row["link"] is None
         assert row["seconds_per_round"] > 0 and row["tokens_per_second"] > 0 and row["val_perplexity"] > 1
         assert row["bytes_up_per_round"] > 0 and row["speedup_vs_fedbert"] is None
-        assert (out / "logs" / f"{row['name']}.log").is_file()
+        assert row["passes"] == 2 and len(row["seconds_per_round_passes"]) == 2
+        assert (out / "logs" / f"{row['name']}.log").is_file() and (out / "logs" / f"{row['name']}.r2.log").is_file()
         assert not list((out / "runs" / row["name"]).glob("round[0-9]*"))  # model exports pruned
     assert json.loads((out / "machine.json").read_text())["preset"] == "tiny"
     assert "| fedbiobert-3-1 | none |" in (out / "results.md").read_text()

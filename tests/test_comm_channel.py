@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from fedbiobert.comm import Channel, PeerError, init_distributed, launch_info_from_env, shutdown
+from fedbiobert.comm import Channel, LinkModel, PeerError, init_distributed, launch_info_from_env, shutdown
 from fedbiobert.messages import HEADER_BYTES, Control, Kind, Message
 from fedbiobert.topology import Topology
 from tests.distributed import run_processes
@@ -87,3 +87,39 @@ def test_a_silent_peer_times_out_with_a_message_naming_it(tmp_path):
     report = json.loads((tmp_path / "error.json").read_text())
     assert "timed out" in report["message"] and "client rank 1" in report["message"]
     assert 1.5 < report["seconds"] < 10
+
+
+def test_link_model_delivery_times_by_hand():
+    link = LinkModel(bandwidth_mbps=100, latency_ms=5)  # 12.5 MB/s
+    assert link.transfer_seconds(1_250_000) == pytest.approx(0.105)
+    assert link.delivery_time(1, 1_250_000, now=10.0) == pytest.approx(10.105)  # 0.1 s on the wire + 5 ms
+    # posted while the first still occupies the link: it waits its turn (10.1), then 10 ms on the wire
+    assert link.delivery_time(1, 125_000, now=10.05) == pytest.approx(10.115)
+    assert link.delivery_time(2, 125_000, now=10.05) == pytest.approx(10.065)  # another peer's link is free
+    assert link.delivery_time(1, 0, now=20.0) == pytest.approx(20.005)  # an idle link: latency only
+    assert LinkModel(None, 5).delivery_time(1, 10**9, now=1.0) == pytest.approx(1.005)  # latency-only link
+
+
+def _link_worker(rank, world_size, out_dir):
+    launch = launch_info_from_env()
+    topology = Topology(2, 1, n_clients=1, clients_per_round=1, seed=0)
+    groups = init_distributed(launch, topology, on_cuda=False, timeout_s=60)
+    link = LinkModel(bandwidth_mbps=8, latency_ms=50)  # 1 MB/s: 100 kB take 0.1 s, then 50 ms latency
+    channel = Channel(rank, groups.link[0], groups.link[0], torch.device("cpu"), 30, topology.describe, link)
+    if rank == 1:
+        sent_at = time.time()
+        channel.send(Message(Kind.ACTIVATION, step=0, tensors=[torch.zeros(25_000)]), 0)  # 100,000 bytes
+        channel.flush()
+        (out_dir / "sent.json").write_text(json.dumps(sent_at))
+    else:
+        channel.recv(1)
+        (out_dir / "received.json").write_text(json.dumps(time.time()))
+    shutdown()
+
+
+def test_an_emulated_link_holds_a_message_for_its_latency_plus_bytes_over_bandwidth(tmp_path):
+    run_processes(_link_worker, 2, tmp_path, timeout=60)
+    sent = json.loads((tmp_path / "sent.json").read_text())
+    received = json.loads((tmp_path / "received.json").read_text())
+    wire_bytes = 100_000 + HEADER_BYTES
+    assert received - sent >= wire_bytes / 1e6 + 0.05 - 0.002  # the receiver waited for the emulated link

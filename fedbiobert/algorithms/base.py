@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.model import gather_masked
 from fedbiobert.optim import build_optimizer, set_learning_rate
 
 
@@ -97,6 +98,7 @@ class SplitServerTrainer(ServerTrainer):
         config = algorithm.config
         self.model, self.channel, self.round_idx = model, channel, round_idx
         self.head_on_client = config.head_placement == "client"
+        self.full_output = config.server_sends_full_output
         self.wire_dtype = config.wire_dtype
         self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
         self.awaiting_grad: dict[tuple[int, int], tuple] = {}  # (client rank, step) -> what the GRAD needs
@@ -167,6 +169,18 @@ def expect(message, kind, step: int, peer: int) -> None:
 def abandon_message(client_id: int, round_idx: int, step: int):
     """What a client sends instead of the GRAD of a batch it will never answer."""
     return Message(Kind.CONTROL, client_id=client_id, round=round_idx, step=step, control=Control.ABANDON)
+
+
+def server_output(last_hidden: torch.Tensor, positions: torch.Tensor, full: bool) -> torch.Tensor:
+    """Head on the client: what the server sends back, its last hidden states [B,T,H] (full, as
+    FedBERT publishes it) or only their rows at the masked positions [M,H]."""
+    return last_hidden if full else gather_masked(last_hidden, positions)
+
+
+def rows_at_masked(received: torch.Tensor, positions: torch.Tensor, full: bool) -> torch.Tensor:
+    """The client's side of `server_output`: the [M,H] rows its final head needs. With full output
+    the gradient it returns is [B,T,H], zero away from the masked positions."""
+    return gather_masked(received, positions) if full else received
 
 
 def loss_value(loss: torch.Tensor) -> float:

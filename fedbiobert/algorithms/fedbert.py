@@ -7,9 +7,12 @@ transfers per step with the head on the client); any other cut is the same-cut c
 
 Wire (send/receive pairs), head on the client:
     client ACTIVATION --> server        [hidden (B,T,H), mask (B,T) u8, masked positions (M)]
-    server OUTPUT     --> client        [server hidden at masked positions (M,H)]
-    client GRAD       --> server        [d loss / d OUTPUT (M,H)]
+    server OUTPUT     --> client        [server's last hidden states (B,T,H); --server_output masked: (M,H)]
+    client GRAD       --> server        [d loss / d OUTPUT, the OUTPUT's shape]
     server GRAD       --> client        [d loss / d ACTIVATION (B,T,H)]
+By default (--server_output auto) OUTPUT and GRAD cover every position, as the paper's client runs
+the MLM head on the server's full output: four activation-sized transfers per step. The client's
+head still computes logits at the masked positions only (the loss is the same).
 Head on the server: ACTIVATION carries the labels at masked positions too, and the server answers
 with the GRAD at the cut directly (its scalars carry the loss).
 
@@ -24,7 +27,7 @@ import math
 import torch
 
 from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
-                                        abandon_message, expect, loss_value)
+                                        abandon_message, expect, loss_value, rows_at_masked, server_output)
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
 
@@ -35,6 +38,7 @@ class FedBERTClient(ClientTrainer):
         self.model, self.channel, self.server_rank = model, channel, server_rank
         self.client_id, self.round_idx = client_id, round_idx
         self.head_on_client = config.head_placement == "client"
+        self.full_output = config.server_sends_full_output
         self.wire_dtype = config.wire_dtype
         self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
         # The exchange of the current step still open with the server, for abandon():
@@ -50,7 +54,7 @@ class FedBERTClient(ClientTrainer):
             tensors.append(targets)
         self._send(Kind.ACTIVATION, global_step, tensors)  # paired with FedBERTServer._on_activation
         self.open_exchange = (global_step, "output" if self.head_on_client else "grad")
-        global_loss = self._final_head_round_trip(global_step, targets) if self.head_on_client else None
+        global_loss = self._final_head_round_trip(global_step, targets, positions) if self.head_on_client else None
         reply = self.channel.recv(self.server_rank)  # blocks: the GRAD at the cut
         expect(reply, Kind.GRAD, global_step, self.server_rank)
         self.open_exchange = None
@@ -80,12 +84,13 @@ class FedBERTClient(ClientTrainer):
         self.open_exchange = None
         self.channel.flush()
 
-    def _final_head_round_trip(self, global_step: int, targets) -> float:
+    def _final_head_round_trip(self, global_step: int, targets, positions) -> float:
         output = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
         expect(output, Kind.OUTPUT, global_step, self.server_rank)
         self.open_exchange = (global_step, "answer")
         server_hidden = output.tensors[0].float().requires_grad_()
-        final_loss = mlm_loss(self.model.final_logits(server_hidden), targets)
+        at_masked = rows_at_masked(server_hidden, positions, self.full_output)
+        final_loss = mlm_loss(self.model.final_logits(at_masked), targets)
         final_loss.backward()
         value = loss_value(final_loss)
         self._send(Kind.GRAD, global_step, [server_hidden.grad.to(self.wire_dtype)], (math.nan, value))
@@ -103,11 +108,13 @@ class FedBERTServer(SplitServerTrainer):
     def on_activation(self, message: Message) -> StepResult | None:
         hidden, mask, positions = message.tensors[:3]
         cut_input = hidden.float().requires_grad_()
-        output = gather_masked(self.model(cut_input, mask.long()), positions)
+        last_hidden = self.model(cut_input, mask.long())
         if self.head_on_client:
+            output = server_output(last_hidden, positions, self.full_output)
             self.awaiting_grad[(message.source, message.step)] = (cut_input, output)
             self._reply(message, Kind.OUTPUT, [output.detach().to(self.wire_dtype)])
             return None
+        output = gather_masked(last_hidden, positions)
         final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
         final_loss.backward()
         value = loss_value(final_loss)

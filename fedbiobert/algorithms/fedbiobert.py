@@ -20,6 +20,7 @@ Wire (send/receive pairs):
     client ACTIVATION  --> server recv(any)      [hidden (B,T,H), mask (B,T) u8, positions (M)(, labels (M))]
     server OUTPUT      --> client recv(server)   [hidden at masked positions (M,H)]       client-head only
     client GRAD        --> server recv(any)      [d final loss / d OUTPUT (M,H)]           client-head only
+(--server_output full: OUTPUT and GRAD are (B,T,H), every position, as in fedbert's default.)
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
-                                        abandon_message, expect, loss_value)
+                                        abandon_message, expect, loss_value, rows_at_masked, server_output)
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import (client_state_keys, gather_masked, masked_positions, mlm_loss, split_model,
                               stash_weights)
@@ -40,6 +41,7 @@ from fedbiobert.model import (client_state_keys, gather_masked, masked_positions
 class _AwaitedOutput:
     step: int
     targets: torch.Tensor
+    positions: torch.Tensor
 
 
 class FedBioBERTClient(ClientTrainer):
@@ -51,6 +53,7 @@ class FedBioBERTClient(ClientTrainer):
         self.client_id = client_id
         self.round_idx = round_idx
         self.head_on_client = config.head_placement == "client"
+        self.full_output = config.server_sends_full_output
         self.max_inflight = config.max_inflight
         self.wire_dtype = config.wire_dtype
         self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
@@ -103,7 +106,7 @@ class FedBioBERTClient(ClientTrainer):
                           tensors=tensors)
         self.channel.send(message, self.server_rank)  # paired with FedBioBERTServer.handle (ACTIVATION)
         if self.head_on_client:
-            self.awaited.append(_AwaitedOutput(global_step, targets))
+            self.awaited.append(_AwaitedOutput(global_step, targets, positions))
 
     def _settle_outputs(self, keep: int) -> list[float]:
         """Consume OUTPUTs (oldest first) until at most `keep` are awaited; return their final losses."""
@@ -114,7 +117,8 @@ class FedBioBERTClient(ClientTrainer):
             expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
             self.holding_output = True
             server_hidden = message.tensors[0].float().requires_grad_()
-            final_loss = mlm_loss(self.model.final_logits(server_hidden), awaited.targets)
+            at_masked = rows_at_masked(server_hidden, awaited.positions, self.full_output)
+            final_loss = mlm_loss(self.model.final_logits(at_masked), awaited.targets)
             final_loss.backward()  # grads for the client's final head, and d loss / d server_hidden
             losses.append(loss_value(final_loss))
             reply = Message(Kind.GRAD, client_id=self.client_id, round=self.round_idx, step=awaited.step,
@@ -146,7 +150,7 @@ class FedBioBERTServer(SplitServerTrainer):
         forward's weights (see model/stash.py) instead of recomputing the forward.
         """
         with stash_weights(self.model):
-            output = gather_masked(self.model(hidden.float(), mask.long()), positions)
+            output = server_output(self.model(hidden.float(), mask.long()), positions, self.full_output)
         self.awaiting_grad[(message.source, message.step)] = (output, int(mask.sum()))
         reply = Message(Kind.OUTPUT, client_id=message.client_id, round=self.round_idx, step=message.step,
                         tensors=[output.detach().to(self.wire_dtype)])

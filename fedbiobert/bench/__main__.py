@@ -20,7 +20,7 @@ from fedbiobert.bench.matrix import (FEDBERT_SCHEDULES, BenchError, RunSpec, alg
                                      parse_links, select)
 from fedbiobert.bench.presets import PRESETS, PUBLIC_PRESETS, Preset
 from fedbiobert.bench.report import write_outputs
-from fedbiobert.bench.results import add_speedups, machine_info, result_row
+from fedbiobert.bench.results import add_speedups, machine_info, merge_repeats, result_row
 from fedbiobert.bench.runner import REPO, RunnerSettings, run_spec
 
 DEFAULT_DATA_DIR = (REPO / ".." / "shared" / "data" / "pretrain").resolve()
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run_timeout", type=float, help="seconds one run may take (default: the preset's)")
     parser.add_argument("--keep_models", action="store_true", help="keep each run's round exports and "
                         "checkpoint (default: deleted after the run; metrics and summary stay)")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix this many times over, "
+                        "interleaved, and report each run's median s/round: steadier ratios on a shared, noisy "
+                        "machine (default 1)")
     parser.add_argument("--list", action="store_true", help="print the matrix and its commands, run nothing")
     return parser
 
@@ -91,6 +94,8 @@ def plan(args: argparse.Namespace) -> tuple[Preset, list[RunSpec], RunnerSetting
         raise BenchError(f"--data_dir '{args.data_dir}' does not exist (accepted: a corpus file or folder)")
     if args.out.exists() and not args.out.is_dir():
         raise BenchError(f"--out '{args.out}' exists and is not a folder")
+    if args.repeat < 1:
+        raise BenchError(f"--repeat {args.repeat} must be at least 1")
     timeout = args.run_timeout if args.run_timeout is not None else preset.run_timeout
     if timeout <= 0:
         raise BenchError(f"--run_timeout {timeout:g} must be positive")
@@ -106,15 +111,21 @@ def describe(spec: RunSpec) -> str:
             f"{spec.tokens_per_round:,} tokens/round, link {link_label(spec.link)}")
 
 
-def run_all(specs: list[RunSpec], settings: RunnerSettings, preset: Preset, command: str) -> list[dict]:
-    machine, rows = machine_info(), []
-    for index, spec in enumerate(specs, 1):
-        say(f"[{index}/{len(specs)}] {describe(spec)}")
-        outcome = run_spec(spec, settings, on_round=_round_progress)
-        rows.append(result_row(spec, outcome))
-        add_speedups(rows)
-        _run_done(rows[-1])
-        write_outputs(settings.out_dir, rows, machine, preset, command, plot=False)
+def run_all(specs: list[RunSpec], settings: RunnerSettings, preset: Preset, command: str,
+            repeats: int = 1) -> list[dict]:
+    """Every run, `repeats` passes over the matrix (pass k > 1 writes runs/NAME.rK and logs/NAME.rK.log)."""
+    machine = machine_info()
+    passes: dict[str, list[dict]] = {}
+    for repeat in range(1, repeats + 1):
+        for index, spec in enumerate(specs, 1):
+            counter = f"[{index}/{len(specs)}]" if repeats == 1 else f"[pass {repeat}/{repeats}, {index}/{len(specs)}]"
+            say(f"{counter} {describe(spec)}")
+            label = spec.name if repeat == 1 else f"{spec.name}.r{repeat}"
+            outcome = run_spec(spec, settings, on_round=_round_progress, label=label)
+            passes.setdefault(spec.name, []).append(result_row(spec, outcome))
+            rows = add_speedups([merge_repeats(found) for found in passes.values()])
+            _run_done(passes[spec.name][-1], rows[list(passes).index(spec.name)])
+            write_outputs(settings.out_dir, rows, machine, preset, command, plot=False)
     write_outputs(settings.out_dir, rows, machine, preset, command, plot=True)
     return rows
 
@@ -126,14 +137,16 @@ def _round_progress(event: dict) -> None:
         + (f", val loss {val:.4f}" if val is not None else ""))
 
 
-def _run_done(row: dict) -> None:
+def _run_done(row: dict, merged: dict) -> None:
+    """This pass's figures; the speedup is the merged one (medians over the passes so far)."""
     if row["status"] != "ok":
         say(f"bench: error: run {row['name']} failed: {row['error']} (log: {row['log']})", error=True)
         return
-    speedup = row["speedup_vs_fedbert"]
+    speedup = merged["speedup_vs_fedbert"]
+    so_far = f" (median of {merged['passes']} passes)" if merged.get("passes", 1) > 1 else ""
     say(f"    done in {row['process_seconds']:.1f} s: {_fmt(row['seconds_per_round'], '.2f')} s/round, "
         f"{_fmt(row['tokens_per_second'], ',.0f')} tokens/s, val perplexity {_fmt(row['val_perplexity'], '.1f')}"
-        + (f", {speedup:.2f}x fedbert 0-L" if speedup is not None else ""))
+        + (f", {speedup:.2f}x fedbert 0-L{so_far}" if speedup is not None else ""))
 
 
 def _fmt(value, spec: str) -> str:
@@ -160,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: the running run is stopped, not orphaned
-    say(f"preset {preset.name}: {len(specs)} run(s), outputs in {settings.out_dir}")
+    say(f"preset {preset.name}: {len(specs)} run(s){f' x {args.repeat} passes' if args.repeat > 1 else ''}, "
+        f"outputs in {settings.out_dir}")
     started = time.time()
     try:
-        rows = run_all(specs, settings, preset, command)
+        rows = run_all(specs, settings, preset, command, args.repeat)
     except KeyboardInterrupt:
         say(f"bench: error: interrupted; the runs finished so far are in {settings.out_dir}", error=True)
         return 130

@@ -11,8 +11,10 @@ num_batch x n_clients batches per round on one process: the same tokens per roun
 Processes (--nproc N): fedbiobert runs 1 server + N-1 client processes, and so does the baseline
 fedbert 0-L with its one shared server (--server_schedule sequential, FedBERT's single server model):
 the same processes on the same cores. `fedbert-0-L-parallel` gives each client process its own
-server replica instead (2(N-1) processes, averaged each round), shown for reference. fedavg runs N
-client processes; centralized 1.
+server replica instead (2(N-1) processes, averaged each round), shown for reference when N-1 > 1
+(with one client process it is the same run). `fedbert-0-L-masked` is FedBERT with the server's
+output and its gradient cut to the masked positions (--server_output masked): a stronger baseline
+than the paper's, for reference. fedavg runs N client processes; centralized 1.
 
 Links: a link emulates the WAN between each client process and its server (--link_bandwidth_mbps,
 --link_latency_ms): split traffic and the per-round model exchange. FedAvg runs with every link
@@ -130,13 +132,20 @@ class Entry:
         return self.kind or self.algorithm
 
 
+def masked_baseline_name(num_layers: int) -> str:
+    """The stronger FedBERT reference: its server returns the masked positions' rows only."""
+    return f"{BASELINE}-0-{num_layers}-masked"
+
+
 def entries(preset: Preset) -> list[Entry]:
-    """fedbert 0-L (shared server; and with a replica per client, for reference), fedbert k-(L-k) at
-    k=L/2, fedbiobert at each preset cut, fedbiobert L/2 with the head on the server, fedavg, centralized."""
+    """fedbert 0-L as published (shared server; with a replica per client; and with the server's
+    output cut to the masked rows, for reference), fedbert k-(L-k) at k=L/2, fedbiobert at each preset
+    cut, fedbiobert L/2 with the head on the server, fedavg, centralized."""
     layers, half = preset.num_layers, preset.num_layers // 2
     split = [("fedbert", 0), ("fedbert", half)] + [("fedbiobert", k) for k in preset.fedbiobert_cuts]
     found = [Entry(f"{algorithm}-{k}-{layers - k}", algorithm, k, layers - k) for algorithm, k in split]
     found.insert(1, Entry(f"fedbert-0-{layers}-parallel", "fedbert", 0, layers, kind=PARALLEL))
+    found.insert(2, Entry(masked_baseline_name(layers), "fedbert", 0, layers, flags=("--server_output", "masked")))
     found.append(Entry(f"fedbiobert-{half}-{layers - half}-serverhead", "fedbiobert", half, layers - half,
                        flags=("--head_placement", "server")))
     # full-model algorithms: every layer is local (num_server_encoder 0)
@@ -167,6 +176,10 @@ class RunSpec:
     @property
     def is_baseline(self) -> bool:
         return self.entry == f"{BASELINE}-0-{self.num_server_encoder}" and self.num_client_encoder == 0
+
+    @property
+    def is_masked_baseline(self) -> bool:
+        return self.entry == masked_baseline_name(self.num_server_encoder) and self.num_client_encoder == 0
 
     def flags(self) -> list[str]:
         """run.py flags (without --data_dir, --output_dir, --cache_dir)."""
@@ -208,6 +221,8 @@ def build_matrix(preset: Preset, links: list[Link | None], nproc: int,
     specs = []
     for entry in entries(preset):
         kind = kinds[entry.kind_name]
+        if entry.kind_name == PARALLEL and client_processes(kind, nproc) == 1:
+            continue  # one client process: a replica per client process is the shared server, run twice
         entry_links = links if kind.link_applies else [None]
         specs += [make_spec(entry, link, preset, nproc, kind) for link in entry_links]
     return specs

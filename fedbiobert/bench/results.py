@@ -3,11 +3,14 @@
 Timing conventions (repeated in results.md):
 - seconds_per_round is the median `round_seconds` of the rounds after the first (round 1 includes
   warm-up: allocator, first collectives, pipeline fill); with a single round it is that round's time.
+  With --repeat N the matrix runs N times over, interleaved, and a run's seconds_per_round and
+  tokens_per_second are the medians over its N passes (merge_repeats).
 - tokens_per_second is the steady-state rate over the same rounds (tokens / seconds of rounds 2..N);
   summary.json's overall rate (round 1 included) is kept as tokens_per_second_all_rounds.
 - speedup_vs_fedbert = seconds_per_round of fedbert 0-L with the same link / this run's seconds_per_round
   (> 1: faster than the original FedBERT). Centralized (link None) compares with the no-link
-  fedbert 0-L. None when that baseline did not run or failed.
+  fedbert 0-L. None when that baseline did not run or failed. speedup_vs_fedbert_masked is the same
+  against fedbert-0-L-masked (its server returns the masked rows only: a stronger baseline).
 """
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ def spec_fields(spec: RunSpec) -> dict:
             "num_client_encoder": spec.num_client_encoder, "num_server_encoder": spec.num_server_encoder,
             "link": spec.link.to_json() if spec.link is not None else None, "nproc": spec.nproc,
             "num_device": spec.num_device, "n_clients": spec.n_clients, "num_batch": spec.num_batch,
-            "tokens_per_round_budget": spec.tokens_per_round, "baseline": spec.is_baseline}
+            "tokens_per_round_budget": spec.tokens_per_round, "baseline": spec.is_baseline,
+            "masked_baseline": spec.is_masked_baseline}
 
 
 def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:
@@ -77,10 +81,27 @@ def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:
         "bytes_down_per_round": summary["bytes_down"] / count if count and "bytes_down" in summary else None,
         "final_global_loss": summary.get("final_global_loss"), "final_local_loss": summary.get("final_local_loss"),
         "val_loss": summary.get("val_loss"), "val_perplexity": summary.get("val_perplexity"),
-        "speedup_vs_fedbert": None, "curve": loss_curve(rounds),
+        "speedup_vs_fedbert": None, "speedup_vs_fedbert_masked": None, "curve": loss_curve(rounds),
     })
     row.update({key: summary[key] for key in OPTIONAL_SUMMARY_KEYS if key in summary})
     return row
+
+
+def merge_repeats(passes: list[dict]) -> dict:
+    """One row from the rows of the same run in several passes of the matrix: s/round and tokens/s
+    are the medians over the passes (each pass's value kept in seconds_per_round_passes); a run that
+    failed in any pass is reported failed, with that pass's error."""
+    if len(passes) == 1:
+        return passes[0]
+    failed = [row for row in passes if row["status"] != "ok"]
+    merged = dict(failed[0] if failed else passes[-1])
+    merged["seconds_per_round_passes"] = [row.get("seconds_per_round") for row in passes]
+    merged["passes"] = len(passes)
+    if not failed:
+        for key in ("seconds_per_round", "tokens_per_second"):
+            values = [row[key] for row in passes if row.get(key) is not None]
+            merged[key] = statistics.median(values) if values else None
+    return merged
 
 
 def link_key(row: dict) -> tuple | None:
@@ -89,12 +110,13 @@ def link_key(row: dict) -> tuple | None:
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
-    """Fill speedup_vs_fedbert in place: baseline seconds/round (same link) / this run's."""
-    baselines = {link_key(row): row["seconds_per_round"] for row in rows
-                 if row.get("baseline") and row["status"] == "ok" and row.get("seconds_per_round")}
-    for row in rows:
-        baseline, own = baselines.get(link_key(row)), row.get("seconds_per_round")
-        row["speedup_vs_fedbert"] = baseline / own if baseline and own and row["status"] == "ok" else None
+    """Fill speedup_vs_fedbert (and _masked) in place: baseline seconds/round (same link) / this run's."""
+    for field, flag in (("speedup_vs_fedbert", "baseline"), ("speedup_vs_fedbert_masked", "masked_baseline")):
+        baselines = {link_key(row): row["seconds_per_round"] for row in rows
+                     if row.get(flag) and row["status"] == "ok" and row.get("seconds_per_round")}
+        for row in rows:
+            baseline, own = baselines.get(link_key(row)), row.get("seconds_per_round")
+            row[field] = baseline / own if baseline and own and row["status"] == "ok" else None
     return rows
 
 

@@ -63,10 +63,11 @@ def torchrun_command(spec: RunSpec, port: int, settings: RunnerSettings, run_dir
 
 
 def run_spec(spec: RunSpec, settings: RunnerSettings, on_round: Callable[[dict], None] = lambda event: None,
-             attempts: int = 2) -> RunOutcome:
-    """Run `spec` to completion; retry once on a fresh port if the chosen one was taken meanwhile."""
+             attempts: int = 2, label: str | None = None) -> RunOutcome:
+    """Run `spec` to completion; retry once on a fresh port if the chosen one was taken meanwhile.
+    `label` names its run folder and log (default: the spec's name; repeats add a suffix)."""
     for attempt in range(attempts):
-        outcome = _run_once(spec, settings, on_round)
+        outcome = _run_once(spec, settings, on_round, label or spec.name)
         if outcome.status == "ok" or attempt + 1 == attempts or not _port_clash(outcome.log_path):
             break
     if outcome.status == "ok" and not settings.keep_models:
@@ -74,9 +75,9 @@ def run_spec(spec: RunSpec, settings: RunnerSettings, on_round: Callable[[dict],
     return outcome
 
 
-def _run_once(spec: RunSpec, settings: RunnerSettings, on_round: Callable[[dict], None]) -> RunOutcome:
-    run_dir = settings.out_dir / "runs" / spec.name
-    log_path = settings.out_dir / "logs" / f"{spec.name}.log"
+def _run_once(spec: RunSpec, settings: RunnerSettings, on_round: Callable[[dict], None], label: str) -> RunOutcome:
+    run_dir = settings.out_dir / "runs" / label
+    log_path = settings.out_dir / "logs" / f"{label}.log"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the bench's own previous attempt: run.py refuses a trained output_dir
     log_path.parent.mkdir(parents=True, exist_ok=True)

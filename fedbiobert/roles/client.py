@@ -78,11 +78,12 @@ class ClientProcess(RoleProcess):
         if self.channel is not None:
             # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
             self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
-            self.channel.flush()
         averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
         if averaged is not None:
             self.global_state.update(averaged)
         self._account_model_exchange(len(trained_silos), weighted_sum.nbytes)
+        if self.channel is not None:
+            self.channel.flush()  # only now: the server drains our last batches during the model exchange
 
     def _account_model_exchange(self, num_silos: int, state_bytes: int) -> None:
         """Count each trained silo's upload and download of the federated client part, and on an
@@ -94,10 +95,17 @@ class ClientProcess(RoleProcess):
             self.byte_counter.add_model_exchange("received", state_bytes)
         if self.link is not None and num_silos:
             # Each silo (hospital) has its own link, so the silos of this process exchange in
-            # parallel: one upload and one download of the client part.
-            delay = 2 * self.link.transfer_seconds(state_bytes)
+            # parallel: one upload, queued behind the activations still on this process's link, and
+            # once every upload is in, one download of the averaged client part.
+            delay = max(0.0, self._upload_arrival(state_bytes) - time.time()) + self.link.transfer_seconds(state_bytes)
             time.sleep(delay)
             self.extra_comm_seconds += delay
+
+    def _upload_arrival(self, state_bytes: int) -> float:
+        """When an upload of the client part posted now would reach the aggregator."""
+        if self.channel is not None and self.channel.link is not None:
+            return self.channel.link.delivery_time(self.server_rank, state_bytes, time.time())
+        return time.time() + self.link.transfer_seconds(state_bytes)
 
     def _train_client(self, client_id: int, round_idx: int) -> str | None:
         """Train one silo for this round; returns why its update is left out of the round, or None.

@@ -10,6 +10,7 @@ from fedbiobert.model import (
     build_config,
     build_full_model,
     build_joined_model,
+    load_joined_state,
     client_state_keys,
     extended_attention_mask,
     gather_masked,
@@ -158,6 +159,23 @@ def test_joined_model_equals_split_and_survives_save_pretrained(arch, head_place
         assert_close(reference_logits(reloaded, batch), expected)
     assert reloaded.get_output_embeddings().weight is not reloaded.get_input_embeddings().weight
     assert reloaded.config.tie_word_embeddings is False
+
+
+def test_a_reused_joined_model_carries_exactly_the_new_round_weights():
+    config, full, _ = twin_models("bert")
+    batch = padded_batch("bert")
+    client, server = split_model(full, 2, "client")
+    joined = build_joined_model(config, client.state_dict(), server.state_dict())  # "round 1"
+    generator = torch.Generator().manual_seed(4)
+    perturb_(client, generator)  # "round 2" moved every weight
+    perturb_(server, generator)
+    reused = load_joined_state(joined, client.state_dict(), server.state_dict())
+    fresh = build_joined_model(config, client.state_dict(), server.state_dict())
+    assert reused is joined
+    for (name, value), (_, expected) in zip(reused.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(value, expected), name
+    with torch.no_grad():
+        assert_close(reference_logits(reused, batch), split_final_logits(client, server, batch))
 
 
 def test_join_rejects_overlap_and_build_rejects_missing_keys():

@@ -35,6 +35,7 @@ from fedbiobert.model.split import (
     client_state_keys,
     extended_attention_mask,
     join_state_dicts,
+    load_joined_state,
     split_model,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "IGNORE_INDEX", "AuxMLMHead", "ClientModel", "ModelSpec", "ServerModel",
     "arch_of", "build_config", "build_full_model", "build_joined_model", "client_state_keys",
     "extended_attention_mask", "full_mlm_loss", "gather_masked", "join_state_dicts", "load_full_model",
+    "load_joined_state",
     "masked_positions", "masked_targets", "mlm_loss", "num_layers_of", "split_model",
     "untie_output_embeddings",
 ]

@@ -216,12 +216,17 @@ def join_state_dicts(client_state: dict, server_state: dict) -> dict:
 
 def build_joined_model(config: PretrainedConfig, client_state: dict, server_state: dict) -> PreTrainedModel:
     """A standard *ForMaskedLM (eval mode) holding exactly the client's and server's weights."""
-    joined_state = join_state_dicts(client_state, server_state)
     # The random init is overwritten at once; it must not advance the caller's RNG stream
     # (a mid-training export would otherwise change the rest of the run).
     with torch.random.fork_rng(devices=[]):
         model = build_full_model(config)
-    result = model.load_state_dict(joined_state, strict=False)
+    return load_joined_state(model, client_state, server_state)
+
+
+def load_joined_state(model: PreTrainedModel, client_state: dict, server_state: dict) -> PreTrainedModel:
+    """Overwrite every weight of a joined model with the client's and server's (reusing the model
+    saves a random init per round: about 1 s for BERT-base on one CPU core)."""
+    result = model.load_state_dict(join_state_dicts(client_state, server_state), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"joined state does not match the config: missing {sorted(result.missing_keys)}, "
                          f"unexpected {sorted(result.unexpected_keys)}; accepted: exactly the model's keys")

@@ -124,7 +124,8 @@ def run_all(specs: list[RunSpec], settings: RunnerSettings, preset: Preset, comm
             outcome = run_spec(spec, settings, on_round=_round_progress, label=label)
             passes.setdefault(spec.name, []).append(result_row(spec, outcome))
             rows = add_speedups([merge_repeats(found) for found in passes.values()])
-            _run_done(passes[spec.name][-1], rows[list(passes).index(spec.name)])
+            merged = next(row for row in rows if row["name"] == spec.name)
+            _run_done(passes[spec.name][-1], merged)
             write_outputs(settings.out_dir, rows, machine, preset, command, plot=False)
     write_outputs(settings.out_dir, rows, machine, preset, command, plot=True)
     return rows

@@ -88,10 +88,7 @@ class RoundWriter:
     def write(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
         state = self._resume_state(round_idx, pieces)
         model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
-        # On rank 0's device: on a GPU run a CPU forward of a BERT-base validation set would take
-        # tens of seconds a round while every process waits for this round end.
-        val_loss = evaluate(model.to(self.session.device), self.val_batches)
-        model.to("cpu")  # the export and checkpoint are CPU tensors
+        val_loss = evaluate(model, self.val_batches)
         export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer, state)
         save_resume_state(self.session.output_dir, state)
         summary = self._round_event(round_idx, pieces, val_loss)
@@ -104,9 +101,12 @@ class RoundWriter:
         return summary
 
     def _joined_model(self, client_state: dict, server_state: dict):
-        """The round's joined model: built once, then only its weights are overwritten each round."""
+        """The round's joined model: built once on rank 0's device (on a GPU run a CPU forward of a
+        BERT-base validation set would take tens of seconds a round while every process waits), then
+        only its weights are overwritten each round."""
         if self.joined is None:
-            self.joined = build_joined_model(self.session.hf_config, client_state, server_state)
+            model = build_joined_model(self.session.hf_config, client_state, server_state)
+            self.joined = model.to(self.session.device)
             return self.joined
         return load_joined_state(self.joined, client_state, server_state)
 

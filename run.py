@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     groups = init_distributed(launch, topology, config.on_cuda, config.comm_timeout)
     role = None
     try:
-        session = build_session(config, launch, topology, groups, started)
+        # A resumed run's clock continues where the checkpoint's left off: event times, the plot's
+        # time axis and summary.json's wall_seconds are cumulative over every invocation.
+        earlier_seconds = float(resume.get("run_seconds", 0.0)) if resume else 0.0
+        session = build_session(config, launch, topology, groups, started - earlier_seconds)
         session.resume = resume
         role = build_role(session, build_algorithm(session))
         if rank == 0:  # only once everything is built: a failure before this leaves no output behind

@@ -16,6 +16,8 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -25,14 +27,26 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+# 2: tensors and plain data only (loadable with weights_only=True), cumulative run_seconds.
+STATE_FORMAT = 2
 STATE_FILE = "state.pt"
 ROUND_STATE_FILE = "training_state.pt"
-# Options that must match between the run that wrote a checkpoint and the run resuming from it.
-RESUME_MUST_MATCH = ("algorithm", "arch", "num_client_encoder", "num_server_encoder", "head_placement",
-                     "n_clients", "fedavg_embedding_head", "max_len", "hidden_size")
+# Options that must match between the run that wrote a checkpoint and the run resuming from it: each
+# changes the model's shape, which data each silo holds, which silos are sampled, or what the
+# validation loss measures, so a resumed run with another value would silently be a different run.
+RESUME_MUST_MATCH = (
+    "algorithm", "arch", "num_client_encoder", "num_server_encoder", "head_placement", "server_output",
+    "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size", "tokenizer", "max_len",
+    "n_clients", "participation_ratio", "num_servers", "fedavg_embedding_head", "fedavg_server_model",
+    "manual_seed", "client_seeds", "partition_data", "dirichlet_alpha", "label_suffix",
+    "val_ratio", "val_blocks", "mlm_probability",
+)
 # Options that may change on resume but change the learning-rate schedule: a warning, not an error.
 RESUME_SHOULD_MATCH = ("n_comm_rounds", "n_local_rounds", "num_batch", "lr", "end_lr", "warmup_ratio")
+# Everything else may change on resume without a word: where the data lives (--data_dir: the token
+# cache is keyed by content, so moved files give the same blocks), devices and transport
+# (--on_cuda, --gpu_ids, --comm_timeout, the emulated link), output and logging options, --batch_size
+# and the optimizer's other settings (a legitimate change of the training recipe).
 
 
 def round_dir(output_dir: str | Path, round_number: int) -> Path:
@@ -65,7 +79,13 @@ def load_resume_for(config) -> dict | None:
     """The state a run resumes from (every rank reads it itself), or None for a fresh run."""
     if not (config.from_checkpoint or config.from_checkpoint_round is not None):
         return None
-    return load_resume_state(config.output_dir, config.from_checkpoint_round, dataclasses.asdict(config))
+    return load_resume_state(config.output_dir, config.from_checkpoint_round, config_record(config))
+
+
+def config_record(config) -> dict[str, Any]:
+    """The options a checkpoint records (and a resume compares): every option, plus the resolved
+    number of server processes (--num_device may be left to its per-algorithm default)."""
+    return {**dataclasses.asdict(config), "num_servers": config.num_servers}
 
 
 def load_resume_state(output_dir: str | Path, round_number: int | None, config_values: dict[str, Any]) -> dict:
@@ -75,18 +95,15 @@ def load_resume_state(output_dir: str | Path, round_number: int | None, config_v
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the very end
         raise ValueError(f"checkpoint '{path}' is damaged: {path.stat().st_size} bytes that are not a complete "
                          f"torch.save archive (truncated or overwritten?) {accepted}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as error:  # torch raises many kinds for a damaged file
-        raise ValueError(f"checkpoint '{path}' is unreadable ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0][:120]}) {accepted}") from None
+    state = _load_plain_state(path, accepted)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"checkpoint '{path}' is not a FedBioBERT state of format {STATE_FORMAT} {accepted}")
     for key in RESUME_MUST_MATCH:
         saved = state["config"].get(key)
         if saved != config_values[key]:
-            raise ValueError(f"checkpoint '{path}' was trained with --{key} {saved}, "
-                             f"but this run has --{key} {config_values[key]}")
+            raise ValueError(f"checkpoint '{path}' was trained with --{key} {saved}, but this run has --{key} "
+                             f"{config_values[key]} (accepted: the same value; it shapes the model, the silos' "
+                             "data or the validation set)")
     for key in RESUME_SHOULD_MATCH:
         if state["config"].get(key) != config_values[key]:
             logger.warning("resuming with --%s %s (checkpoint: %s): the learning-rate schedule changes",
@@ -95,6 +112,22 @@ def load_resume_state(output_dir: str | Path, round_number: int | None, config_v
         raise ValueError(f"checkpoint '{path}' already completed round {state['round']} of --n_comm_rounds "
                          f"{config_values['n_comm_rounds']}: nothing left to train (raise --n_comm_rounds)")
     return state
+
+
+def _load_plain_state(path: Path, accepted: str) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only. A pickle that names
+    any other object (a crafted state.pt can run arbitrary code on load) is refused before anything
+    in it is executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(f"checkpoint '{path}' holds objects other than tensors and plain data{what}: refused "
+                         f"without loading it, since loading it could run code {accepted}") from None
+    except Exception as error:  # torch raises many kinds for a damaged file
+        raise ValueError(f"checkpoint '{path}' is unreadable ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:120]}) {accepted}") from None
 
 
 def export_round(output_dir: str | Path, round_number: int, model, tokenizer, state: dict[str, Any]) -> Path:

@@ -131,6 +131,22 @@ class RunReporter:
                     self.tensorboard.add_scalar(f"{entry['role']}/{key}/client{entry['client_id']}",
                                                 entry[key], global_step)
 
+    def truncate_after_round(self, last_kept_round: int) -> list[dict[str, Any]]:
+        """A resumed run continues after round `last_kept_round`: drop the events of later rounds
+        (they are trained again, and a round must appear once), rewriting metrics.jsonl atomically
+        only if something is dropped. Returns the kept `round` events, oldest first."""
+        if not self.metrics_path.is_file():
+            return []
+        events = read_events(self.output_dir)
+        kept = [entry for entry in events if (entry.get("round") or 0) <= last_kept_round]
+        if len(kept) < len(events):
+            temporary = self.metrics_path.with_suffix(".jsonl.tmp")
+            temporary.write_text("".join(json.dumps(entry) + "\n" for entry in kept), encoding="utf-8")
+            temporary.replace(self.metrics_path)
+            logger.info("metrics.jsonl: dropped %d event(s) of rounds after %d, which this run trains again",
+                        len(events) - len(kept), last_kept_round)
+        return [entry for entry in kept if entry["event"] == "round"]
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         path = self.output_dir / "summary.json"
         temporary = path.with_suffix(".json.tmp")

@@ -16,7 +16,7 @@ import torch
 
 from fedbiobert.comm import Collectives, LaunchInfo, ProcessGroups
 from fedbiobert.config import Config
-from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, client_weights, list_corpus_files,
+from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, list_corpus_files,
                              load_or_build_token_cache, partition, split_validation)
 from fedbiobert.model import ModelSpec, build_config, build_full_model, load_full_model
 from fedbiobert.optim import Schedule
@@ -36,7 +36,6 @@ class Session:
     tokenizer: object
     corpus: TokenizedCorpus
     client_indices: list[torch.Tensor]      # training block indices of each logical client
-    client_sample_weights: list[float]      # FedAvg weight of each client (normalised over all clients)
     val_indices: torch.Tensor
     masking: MaskingSpec
     hf_config: object
@@ -96,7 +95,8 @@ def prepare_data(config: Config, launch: LaunchInfo, collectives: Collectives):
 
     def load():
         tokenizer = build_tokenizer(config.arch, config.tokenizer, files, cache_dir, config.vocab_size)
-        corpus = load_or_build_token_cache(files, tokenizer, config.max_len, cache_dir, config.label_suffix)
+        corpus = load_or_build_token_cache(files, tokenizer, config.max_len, cache_dir, config.label_suffix,
+                                           config.val_ratio)
         return tokenizer, corpus
 
     if launch.local_rank == 0:
@@ -113,14 +113,14 @@ def build_session(config: Config, launch: LaunchInfo, topology: Topology, groups
     set_cpu_threads(config, launch)
     collectives = Collectives(groups, device)
     tokenizer, corpus = prepare_data(config, launch, collectives)
-    train_indices, val_indices = split_validation(corpus, config.val_ratio, config.manual_seed)
+    train_indices, val_indices = split_validation(corpus)
     parts = partition(corpus, train_indices, config.n_clients, config.partition_data, config.manual_seed,
                       config.dirichlet_alpha)
     hf_config = _model_config(config, tokenizer)
     session = Session(
         config=config, launch=launch, topology=topology, groups=groups, collectives=collectives,
         device=device, tokenizer=tokenizer, corpus=corpus, client_indices=parts,
-        client_sample_weights=client_weights(parts), val_indices=val_indices,
+        val_indices=val_indices,
         masking=MaskingSpec.from_tokenizer(tokenizer, config.mlm_probability), hf_config=hf_config,
         schedule=Schedule(config.total_steps, config.warmup_ratio, config.lr, config.end_lr),
         output_dir=Path(config.output_dir), start_time=start_time or time.time())

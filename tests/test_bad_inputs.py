@@ -20,6 +20,7 @@ from typing import Callable
 import pytest
 import torch
 
+from fedbiobert.checkpoint import STATE_FORMAT, config_record
 from fedbiobert.config import parse_config
 from tests.launch import TINY_MODEL, torchrun
 
@@ -71,8 +72,27 @@ def checkpoint(tmp: Path, content: bytes | dict) -> list[str]:
 
 def state(round_number: int = 1, **config_overrides) -> dict:
     """A FedBioBERT resume state (the fields load_resume_state reads) of a run with BASE's options."""
-    values = dataclasses.asdict(parse_config(BASE))
-    return {"format": 1, "round": round_number, "config": {**values, **config_overrides}}
+    values = config_record(parse_config(BASE))
+    return {"format": STATE_FORMAT, "round": round_number, "config": {**values, **config_overrides}}
+
+
+class RunsAShellCommand:
+    """Pickles as a call of os.system: what a crafted state.pt does when loaded with weights_only=False."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def crafted_checkpoint(tmp: Path) -> list[str]:
+    return checkpoint(tmp, {**state(), "client_state": RunsAShellCommand(f"touch {tmp}/pwned")})
+
+
+def mismatch(option: str, value, ours) -> Bad:
+    return Bad(lambda t, c: checkpoint(t, state(**{option: value})),
+               f"was trained with --{option} {value}, but this run has --{option} {ours}")
 
 
 def truncated_checkpoint() -> bytes:
@@ -165,6 +185,19 @@ CATALOGUE = {
     "checkpoint with other layers": Bad(lambda t, c: checkpoint(t, state(num_client_encoder=3)),
                                         "was trained with --num_client_encoder 3, but this run has "
                                         "--num_client_encoder 1"),
+    "checkpoint with another seed": mismatch("manual_seed", 7, 42),
+    "checkpoint with another partition": mismatch("partition_data", "random", "by_file"),
+    "checkpoint with another dirichlet alpha": mismatch("dirichlet_alpha", 0.1, 0.5),
+    "checkpoint with another validation ratio": mismatch("val_ratio", 0.05, 0.01),
+    "checkpoint with another validation size": mismatch("val_blocks", 64, 512),
+    "checkpoint with another tokenizer": mismatch("tokenizer", "/elsewhere/vocab.txt", None),
+    "checkpoint with another vocabulary size": mismatch("vocab_size", 999, 1500),
+    "checkpoint with other heads": mismatch("num_attention_heads", 4, 2),
+    "checkpoint with another intermediate size": mismatch("intermediate_size", 128, 64),
+    "checkpoint with another participation": mismatch("participation_ratio", 0.5, 1.0),
+    "checkpoint with another server count": mismatch("num_servers", 2, 1),
+    "checkpoint crafted to run code": Bad(lambda t, c: crafted_checkpoint(t),
+                                          "holds objects other than tensors and plain data (posix.system): refused"),
     "checkpoint already complete": Bad(lambda t, c: checkpoint(t, state(round_number=1)),
                                        "already completed round 1 of --n_comm_rounds 1"),
     "resume without a checkpoint": Bad(lambda t, c: (t / "out").mkdir() or ["--from_checkpoint", "True"],
@@ -319,6 +352,16 @@ def test_bad_input_fails_early_with_one_line(bad, tmp_path, small_corpus, cache_
     assert code != 0, stderr[-3000:]
     check_one_clear_line(stderr, bad.fragment.format(tmp=tmp_path), bad.late)
     assert listing(output) == before, "the failed run wrote into --output_dir"
+
+
+def test_a_crafted_checkpoint_runs_nothing(tmp_path, small_corpus, cache_dir, monkeypatch, capsys, restore_logging):
+    """weights_only loading: the pickle's os.system call is refused before it runs (the old
+    weights_only=False load ran it: the marker file appeared)."""
+    flags = crafted_checkpoint(tmp_path)
+    argv = [*BASE, "--data_dir", str(small_corpus), "--output_dir", str(tmp_path / "out"), *flags]
+    code, stderr = run_in_process(["--cache_dir", str(cache_dir), *argv], 3, monkeypatch, capsys)
+    assert code == 2 and "refused without loading it" in stderr
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_the_catalogue_is_broad():

@@ -1,10 +1,10 @@
 """Tests of fedbiobert.data.partition on small hand-built corpora with known block counts:
-validation hold-out, the four client schemes (hand-checked assignments) and FedAvg weights."""
+the validation split and sample, and the four client schemes (hand-checked assignments)."""
 import numpy as np
 import pytest
 import torch
 
-from fedbiobert.data.partition import clients_per_unit, client_weights, partition, split_validation
+from fedbiobert.data.partition import clients_per_unit, partition, split_validation, validation_sample
 from fedbiobert.data.token_cache import TokenizedCorpus
 
 
@@ -32,24 +32,33 @@ def assert_exact_cover(parts: list[torch.Tensor], train_idx: torch.Tensor) -> No
     assert all(len(part) > 0 for part in parts)
 
 
-def test_split_validation_holds_out_per_file():
-    corpus = fake_corpus([10, 1, 2, 40])
-    train_idx, val_idx = split_validation(corpus, val_ratio=0.1, seed=0)
-    val_per_file = torch.bincount(corpus.source[val_idx], minlength=4).tolist()
-    assert val_per_file == [1, 0, 1, 4]  # round(1.0), none of 1 block, at least 1, round(4.0)
-    assert_exact_cover([train_idx, val_idx], all_blocks(corpus))
-    assert train_idx.tolist() == sorted(train_idx.tolist()) and train_idx.dtype == torch.int64
-    again = split_validation(corpus, val_ratio=0.1, seed=0)
-    assert torch.equal(again[1], val_idx) and torch.equal(again[0], train_idx)
-    assert not torch.equal(split_validation(corpus, val_ratio=0.1, seed=1)[1], val_idx)
+def test_split_validation_returns_the_held_out_blocks():
+    corpus = fake_corpus([4, 3])
+    corpus.held_out = torch.tensor([False, True, False, False, False, False, True])
+    train_idx, val_idx = split_validation(corpus)
+    assert val_idx.tolist() == [1, 6] and train_idx.tolist() == [0, 2, 3, 4, 5]
+    corpus.held_out = None  # a corpus without validation documents
+    assert len(split_validation(corpus)[1]) == 0
 
 
-def test_split_validation_zero_ratio_and_bad_ratio():
-    corpus = fake_corpus([5, 5])
-    train_idx, val_idx = split_validation(corpus, val_ratio=0.0, seed=0)
-    assert len(val_idx) == 0 and torch.equal(train_idx, all_blocks(corpus))
-    with pytest.raises(ValueError, match="val_ratio 1.0 is out of range"):
-        split_validation(corpus, val_ratio=1.0, seed=0)
+def test_validation_sample_draws_from_every_file_in_proportion():
+    """The old set took the first N held-out blocks, i.e. the first file alphabetically only."""
+    corpus = fake_corpus([100, 50, 30, 20])
+    val_idx = torch.arange(len(corpus))
+    sample = validation_sample(corpus, val_idx, num_blocks=20, seed=0)
+    per_file = torch.bincount(corpus.source[sample], minlength=4).tolist()
+    assert per_file == [10, 5, 3, 2]  # 20 x (100, 50, 30, 20) / 200
+    assert sample.tolist() == sorted(set(sample.tolist()))
+    assert torch.equal(validation_sample(corpus, val_idx, 20, seed=0), sample)
+    assert not torch.equal(validation_sample(corpus, val_idx, 20, seed=1), sample)
+    # fewer blocks than files with validation blocks: the largest files get them
+    assert torch.bincount(corpus.source[validation_sample(corpus, val_idx, 2, 0)], minlength=4).tolist() == \
+        [1, 1, 0, 0]
+    # a small file still gets one block when the budget allows every file one
+    tiny = fake_corpus([1000, 1])
+    assert torch.bincount(tiny.source[validation_sample(tiny, torch.arange(1001), 10, 0)]).tolist() == [9, 1]
+    assert torch.equal(validation_sample(corpus, val_idx, None, 0), val_idx)
+    assert torch.equal(validation_sample(corpus, val_idx, 10_000, 0), val_idx)
 
 
 def test_random_is_near_equal_disjoint_and_seeded():
@@ -108,7 +117,8 @@ def test_label_scheme_honours_units():
 
 def test_partition_uses_only_train_indices():
     corpus = fake_corpus([10, 8, 6])
-    train_idx, val_idx = split_validation(corpus, val_ratio=0.25, seed=0)
+    corpus.held_out = torch.arange(len(corpus)) % 4 == 0
+    train_idx, val_idx = split_validation(corpus)
     for scheme in ("random", "by_file", "label", "dirichlet"):
         parts = partition(corpus, train_idx, n_clients=3, scheme=scheme, seed=0)
         assert_exact_cover(parts, train_idx)
@@ -151,11 +161,3 @@ def test_duplicate_train_indices_are_rejected():
     corpus = fake_corpus([3, 3])
     with pytest.raises(ValueError, match="train_idx holds 1 duplicate"):
         partition(corpus, torch.tensor([0, 1, 1]), 2, "random", seed=0)
-
-
-def test_client_weights_are_sample_fractions():
-    parts = [torch.arange(2), torch.arange(3), torch.arange(5)]
-    assert client_weights(parts) == pytest.approx([0.2, 0.3, 0.5])
-    assert client_weights([torch.arange(1)]) == [1.0]
-    with pytest.raises(ValueError, match=r"client parts have sizes \[0, 0\]"):
-        client_weights([torch.arange(0), torch.arange(0)])

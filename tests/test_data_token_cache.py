@@ -174,3 +174,42 @@ def test_num_tokens_on_a_hand_built_corpus():
     assert len(corpus) == 3
     assert corpus.num_tokens() == 9
     assert corpus.num_tokens(torch.tensor([1, 2])) == 5
+
+
+def test_validation_is_held_out_by_document_from_every_file(corpus_files, tokenizer, tmp_path):
+    """About val_ratio of each file's documents are packed into blocks of their own: every token
+    of a held-out document (a long one spans several blocks) is in validation blocks only."""
+    corpus = load_or_build_token_cache(corpus_files, tokenizer, MAX_LEN, tmp_path / "cache", val_ratio=0.2)
+    assert corpus.held_out is not None and corpus.held_out.dtype == torch.bool
+    for file_index, path in enumerate(corpus_files):
+        documents = [d.text for d in read_documents(path)]
+        held = token_cache.held_out_documents(documents, 0.2)
+        assert len(held) == token_cache.num_held_out(len(documents), 0.2)
+        in_file = corpus.source == file_index
+        val_blocks, train_blocks = corpus.blocks[in_file & corpus.held_out], corpus.blocks[in_file & ~corpus.held_out]
+        if len(documents) >= 2:
+            assert len(val_blocks) and len(train_blocks)  # every file with 2+ documents has both sides
+        groups = {}  # held-out documents per partition unit (specialty, else the file), in file order
+        for i in sorted(held):
+            docs = read_documents(path)
+            ids = tokenizer(documents[i], add_special_tokens=False)["input_ids"]
+            groups.setdefault(docs[i].label or path.name, []).append(ids)
+        expected = [block for ids in groups.values() for block in pack_documents(
+            ids, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, MAX_LEN).tolist()]
+        assert val_blocks.tolist() == expected
+    # deterministic and seed-free; a different ratio is a different cache entry
+    again = load_or_build_token_cache(corpus_files, tokenizer, MAX_LEN, tmp_path / "cache", val_ratio=0.2)
+    assert torch.equal(again.held_out, corpus.held_out)
+    none = load_or_build_token_cache(corpus_files, tokenizer, MAX_LEN, tmp_path / "cache", val_ratio=0.0)
+    assert not none.held_out.any()
+
+
+def test_held_out_documents_hand_computed():
+    texts = ["a", "b", "c", "d", "a"]
+    held = token_cache.held_out_documents(texts, 0.4)
+    assert len(held) == 2 and held == token_cache.held_out_documents(texts, 0.4)
+    assert token_cache.num_held_out(1, 0.5) == 0 and token_cache.num_held_out(2, 0.01) == 1
+    assert token_cache.num_held_out(100, 0.01) == 1 and token_cache.num_held_out(3, 0.9) == 2
+    # equal texts rank next to each other: both copies of "a" go to the same side
+    ranked = token_cache.held_out_documents(texts, 0.6)
+    assert (0 in ranked) == (4 in ranked) or len(ranked) == 3

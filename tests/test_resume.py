@@ -1,6 +1,8 @@
 """Resume: a run stopped after round 2 and continued with --from_checkpoint True produces exactly the
 losses of an uninterrupted run (CPU, same seed). Two servers with one client process each, so every
 server sees its messages in a fixed order and FedAvg of the server replicas is exercised too."""
+import json
+
 import pytest
 
 from fedbiobert.metrics import read_events
@@ -47,13 +49,28 @@ def test_fresh_run_refuses_an_output_dir_holding_a_checkpoint(tmp_path, small_co
 
 
 def test_from_checkpoint_round_replays_the_later_rounds_exactly(tmp_path, small_corpus):
-    """--from_checkpoint_round 1 restarts from round1/ and reproduces rounds 2 and 3."""
+    """--from_checkpoint_round 1 restarts from round1/ and reproduces rounds 2 and 3; metrics.jsonl
+    is cut at round 1 (each round appears once), and summary.json and the clock cover the whole run."""
     args = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "1", "--n_clients", "2",
             "--n_comm_rounds", "3", "--num_batch", "3", "--data_dir", str(small_corpus),
             "--output_dir", str(tmp_path / "out")]
     assert torchrun(2, args, tmp_path / "cache").returncode == 0
+    before = [e for e in read_events(tmp_path / "out") if e["event"] == "round"]
     replay = torchrun(2, [*args, "--from_checkpoint_round", "1"], tmp_path / "cache")
     assert replay.returncode == 0, replay.stderr[-3000:]
-    rounds = [(e["round"], e["val_loss"]) for e in read_events(tmp_path / "out") if e["event"] == "round"]
-    assert [r for r, _ in rounds] == [1, 2, 3, 2, 3]
-    assert rounds[1:3] == rounds[3:5]
+    events = read_events(tmp_path / "out")
+    after = [e for e in events if e["event"] == "round"]
+    assert [e["round"] for e in after] == [1, 2, 3]
+    assert [e["val_loss"] for e in after] == [e["val_loss"] for e in before]
+    steps_per_round = [sum(1 for e in events if e["event"] == "step" and e["round"] == r) for r in (1, 2, 3)]
+    assert steps_per_round[0] == steps_per_round[1] == steps_per_round[2] > 0  # no duplicated steps
+    # the clock continues: the replayed rounds come after round 1 on the run's time axis
+    assert after[0]["seconds"] < after[1]["seconds"] < after[2]["seconds"]
+    assert after[1]["seconds"] > before[0]["seconds"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    assert summary["rounds_completed"] == 3 and summary["rounds_this_invocation"] == 2
+    assert summary["first_round_this_invocation"] == 2
+    assert summary["tokens"] == sum(e["tokens"] for e in after)
+    assert summary["wall_seconds"] > summary["wall_seconds_this_invocation"]
+    assert "this invocation trained rounds 2-3 (2 rounds)" in replay.stderr

@@ -26,7 +26,7 @@ class Preset:
     fedbiobert_cuts: tuple[int, ...]     # client encoder layers k of the fedbiobert k-(L-k) entries
     links: str = "none,100:5"            # default of --links
     nproc: int = 3                       # default of --nproc
-    val_batches: int = 4
+    val_blocks: int = 512                # the same validation set for every run (see --val_blocks)
     run_timeout: float = 600.0           # seconds one run may take before it is killed and marked failed
     on_cuda: bool = False
     extra_flags: tuple[str, ...] = ()    # further run.py flags given to every run
@@ -36,7 +36,7 @@ class Preset:
         flags = {"hidden_size": self.hidden_size, "num_attention_heads": self.num_attention_heads,
                  "intermediate_size": self.intermediate_size, "vocab_size": self.vocab_size,
                  "max_len": self.max_len, "batch_size": self.batch_size, "n_comm_rounds": self.n_comm_rounds,
-                 "n_local_rounds": 1, "participation_ratio": 1.0, "val_batches": self.val_batches,
+                 "n_local_rounds": 1, "participation_ratio": 1.0, "val_blocks": self.val_blocks,
                  "on_cuda": self.on_cuda}
         return [item for key, value in flags.items() for item in (f"--{key}", str(value))] + list(self.extra_flags)
 
@@ -45,20 +45,20 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(  # hidden: for tests only (seconds per run)
         name="tiny", description="test-sized model, 2 rounds", num_layers=4, hidden_size=32,
         num_attention_heads=2, intermediate_size=64, vocab_size=1500, max_len=64, batch_size=4, num_batch=4,
-        n_comm_rounds=2, n_clients=4, fedbiobert_cuts=(1, 2, 3), links="none", val_batches=2, run_timeout=180),
+        n_comm_rounds=2, n_clients=4, fedbiobert_cuts=(1, 2, 3), links="none", val_blocks=16, run_timeout=180),
     "quick": Preset(
         name="quick", description="a few minutes on a 2-core CPU", num_layers=4, hidden_size=128,
         num_attention_heads=2, intermediate_size=512, vocab_size=4000, max_len=128, batch_size=8, num_batch=10,
-        n_comm_rounds=3, n_clients=4, fedbiobert_cuts=(2,), val_batches=2, run_timeout=300, nproc=2),
+        n_comm_rounds=3, n_clients=4, fedbiobert_cuts=(2,), run_timeout=300, nproc=2),
     "cpu": Preset(
         name="cpu", description="a longer CPU comparison (tens of minutes)", num_layers=6, hidden_size=256,
         num_attention_heads=4, intermediate_size=1024, vocab_size=16000, max_len=128, batch_size=8,
-        num_batch=20, n_comm_rounds=6, n_clients=4, fedbiobert_cuts=(1, 3, 5), val_batches=8, run_timeout=1800,
+        num_batch=20, n_comm_rounds=6, n_clients=4, fedbiobert_cuts=(1, 3, 5), run_timeout=1800,
         nproc=2),
     "gpu": Preset(  # the paper-sized setting (BERT-base shape)
         name="gpu", description="paper-sized BERT-base on CUDA", num_layers=12, hidden_size=768,
         num_attention_heads=12, intermediate_size=3072, vocab_size=30522, max_len=512, batch_size=16,
-        num_batch=100, n_comm_rounds=10, n_clients=4, fedbiobert_cuts=(1, 3, 6, 11), val_batches=8,
+        num_batch=100, n_comm_rounds=10, n_clients=4, fedbiobert_cuts=(1, 3, 6, 11),
         run_timeout=4 * 3600, on_cuda=True),
 }
 PUBLIC_PRESETS = ("quick", "cpu", "gpu")

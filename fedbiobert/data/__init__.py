@@ -5,7 +5,7 @@ from fedbiobert.data.corpus import (
 )
 from fedbiobert.data.loader import Batch, client_batches, validation_batches
 from fedbiobert.data.masking import MaskingSpec, mask_tokens
-from fedbiobert.data.partition import PARTITION_SCHEMES, client_weights, partition, split_validation
+from fedbiobert.data.partition import PARTITION_SCHEMES, partition, split_validation, validation_sample
 from fedbiobert.data.token_cache import TokenizedCorpus, load_or_build_token_cache
 from fedbiobert.data.tokenizer import build_tokenizer, check_tokenizer, tokenizer_fingerprint
 
@@ -20,7 +20,6 @@ __all__ = [
     "check_corpus_files",
     "check_tokenizer",
     "client_batches",
-    "client_weights",
     "corpus_fingerprint",
     "list_corpus_files",
     "load_or_build_token_cache",
@@ -30,4 +29,5 @@ __all__ = [
     "split_validation",
     "tokenizer_fingerprint",
     "validation_batches",
+    "validation_sample",
 ]

@@ -30,29 +30,41 @@ PARTITION_SCHEMES = ("random", "by_file", "dirichlet", "label")
 MAX_DIRICHLET_ATTEMPTS = 100
 
 
-def split_validation(
-    corpus: TokenizedCorpus, val_ratio: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hold out about ``val_ratio`` of each file's blocks (>= 1 if it has >= 2 blocks)."""
-    if not 0.0 <= val_ratio < 1.0:
-        raise ValueError(f"val_ratio {val_ratio!r} is out of range (accepted: 0 <= val_ratio < 1)")
-    train_parts, val_parts = [], []
-    for file_index in range(len(corpus.files)):
-        blocks = (corpus.source == file_index).nonzero().flatten().numpy()
-        num_val = _num_validation_blocks(len(blocks), val_ratio)
-        # Seeding per file keeps each file's split independent of the other files.
-        order = np.random.default_rng([seed, file_index]).permutation(len(blocks))
-        val_parts.append(blocks[order[:num_val]])
-        train_parts.append(blocks[order[num_val:]])
-    train_idx, val_idx = _sorted_tensor(train_parts), _sorted_tensor(val_parts)
+def split_validation(corpus: TokenizedCorpus) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) block indices: the validation blocks are those packed from held-out
+    documents (see token_cache.held_out_documents), so no document is on both sides."""
+    held_out = corpus.held_out if corpus.held_out is not None else torch.zeros(len(corpus), dtype=torch.bool)
+    train_idx, val_idx = (~held_out).nonzero().flatten(), held_out.nonzero().flatten()
     logger.info("validation split: %d train / %d validation blocks", len(train_idx), len(val_idx))
     return train_idx, val_idx
 
 
-def _num_validation_blocks(num_blocks: int, val_ratio: float) -> int:
-    if num_blocks < 2 or val_ratio == 0.0:
-        return 0
-    return min(num_blocks - 1, max(1, round(num_blocks * val_ratio)))
+def validation_sample(corpus: TokenizedCorpus, val_idx: torch.Tensor, num_blocks: int | None,
+                      seed: int) -> torch.Tensor:
+    """At most ``num_blocks`` of the validation blocks (all of them when None or when there are
+    fewer), drawn from every file in proportion to its validation blocks (largest remainder, at
+    least one per file when ``num_blocks`` allows), seeded per file; sorted."""
+    val = torch.as_tensor(val_idx, dtype=torch.int64).flatten().numpy()
+    if num_blocks is None or len(val) <= num_blocks:
+        return torch.from_numpy(np.sort(val).astype(np.int64))
+    sources = corpus.source[torch.from_numpy(val)].numpy()
+    files = np.unique(sources)
+    by_file = [val[sources == file_index] for file_index in files]
+    sizes = np.array([len(blocks) for blocks in by_file])
+    counts = clients_per_unit(sizes, num_blocks) if num_blocks >= len(files) else _largest_remainder(
+        sizes, num_blocks)
+    chosen = [blocks[np.random.default_rng([seed, int(file_index)]).permutation(len(blocks))[:count]]
+              for file_index, blocks, count in zip(files, by_file, counts)]
+    return _sorted_tensor(chosen)
+
+
+def _largest_remainder(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Shares of ``total`` proportional to ``sizes`` (some may be 0)."""
+    quotas = total * sizes / sizes.sum()
+    counts = np.floor(quotas).astype(np.int64)
+    for index in np.argsort(-(quotas - counts), kind="stable")[:total - counts.sum()]:
+        counts[index] += 1
+    return counts
 
 
 def _sorted_tensor(parts: list[np.ndarray]) -> torch.Tensor:
@@ -205,12 +217,3 @@ def _dirichlet_attempt(
         for client, chunk in enumerate(np.split(shuffled, cuts)):
             parts[client].append(chunk)
     return [np.concatenate(chunks) for chunks in parts]
-
-
-def client_weights(parts: list[torch.Tensor]) -> list[float]:
-    """FedAvg weights: client k gets n_k / sum_j n_j, n_k its number of training blocks."""
-    counts = [len(part) for part in parts]
-    total = sum(counts)
-    if total == 0:
-        raise ValueError(f"client parts have sizes {counts} (accepted: at least one non-empty part)")
-    return [count / total for count in counts]

@@ -7,7 +7,12 @@ Every document is tokenized once and packed into fixed-length blocks of ``max_le
 Each block starts with cls/bos and ends with sep/eos, holding ``max_len - 2`` content ids;
 documents inside a block are separated by sep/eos and a long document continues in the
 next block. Each (file, unit) group is packed on its own so a block never mixes files or
-sidecar labels, which keeps the ``by_file`` and ``label`` partitions exact. The last,
+sidecar labels, which keeps the ``by_file`` and ``label`` partitions exact.
+
+Validation is held out by **document**, before packing: ``held_out_documents`` picks about
+``val_ratio`` of each file's documents (by a hash of their text, so the choice does not depend on
+the seed, and duplicated documents land on the same side), and those are packed into blocks of
+their own. A long document therefore never sits in both a training and a validation block. The last,
 partial block of a group is padded with the pad id; it is dropped only when it holds
 fewer than ``MIN_TAIL_CONTENT_TOKENS`` content ids and the group has other blocks (a
 nearly-empty block wastes a forward pass and yields almost no MLM targets).
@@ -38,7 +43,7 @@ from fedbiobert.data.tokenizer import block_end_id, block_start_id, tokenizer_fi
 logger = logging.getLogger(__name__)
 
 # Bump when the packing or file layout changes so stale caches are rebuilt.
-TOKEN_CACHE_FORMAT_VERSION = 1
+TOKEN_CACHE_FORMAT_VERSION = 2  # 2: validation documents packed apart (held_out)
 MIN_MAX_LEN = 8
 MIN_TAIL_CONTENT_TOKENS = 16
 _TOKENIZE_BATCH_DOCS = 1000
@@ -53,6 +58,7 @@ class TokenizedCorpus:
     unit: list[str]  # per block: its sidecar label, else its file name
     files: list[str]  # file names, in corpus order
     pad_token_id: int
+    held_out: torch.Tensor | None = None  # bool [N]: the block holds validation documents only
 
     def __len__(self) -> int:
         return int(self.blocks.shape[0])
@@ -67,6 +73,7 @@ class TokenizedCorpus:
 class _PackedFile:
     blocks: torch.Tensor  # int64 [n, max_len]
     units: list[str]  # per block
+    held_out: torch.Tensor  # bool [n]
 
 
 def load_or_build_token_cache(
@@ -75,19 +82,23 @@ def load_or_build_token_cache(
     max_len: int,
     cache_dir: Path,
     label_suffix: str | None = ".specialty",
+    val_ratio: float = 0.0,
 ) -> TokenizedCorpus:
-    """Tokenize and pack every corpus file, reusing per-file caches where valid."""
+    """Tokenize and pack every corpus file, reusing per-file caches where valid; about
+    ``val_ratio`` of each file's documents are packed apart as validation blocks."""
     files = [Path(file) for file in files]
     _check_arguments(files, tokenizer, max_len)
+    if not 0.0 <= val_ratio < 1.0:
+        raise ValueError(f"val_ratio {val_ratio!r} is out of range (accepted: 0 <= val_ratio < 1)")
     tokens_dir = Path(cache_dir) / "tokens"
     tokenizer_id = tokenizer_fingerprint(tokenizer)
     started = time.perf_counter()
     packed_files = []
     for position, file in enumerate(files, start=1):
-        cache_file = tokens_dir / f"{_cache_key(file, tokenizer_id, max_len, label_suffix)}.pt"
+        cache_file = tokens_dir / f"{_cache_key(file, tokenizer_id, max_len, label_suffix, val_ratio)}.pt"
         packed = _load_cached(cache_file, max_len)
         if packed is None:
-            packed = _pack_file(file, tokenizer, max_len, label_suffix)
+            packed = _pack_file(file, tokenizer, max_len, label_suffix, val_ratio)
             _save_atomically(packed, cache_file)
         _log_file_done(file, packed, position, len(files), started, tokenizer.pad_token_id)
         packed_files.append(packed)
@@ -111,7 +122,7 @@ def _check_arguments(files: list[Path], tokenizer, max_len: int) -> None:
         )
 
 
-def _cache_key(file: Path, tokenizer_id: str, max_len: int, label_suffix: str | None) -> str:
+def _cache_key(file: Path, tokenizer_id: str, max_len: int, label_suffix: str | None, val_ratio: float) -> str:
     label_file = sidecar_path(file, label_suffix)
     identity = {
         "name": file.name,  # the name is stored as the unit of unlabelled blocks
@@ -120,6 +131,7 @@ def _cache_key(file: Path, tokenizer_id: str, max_len: int, label_suffix: str | 
         "tokenizer": tokenizer_id,
         "max_len": max_len,
         "label_suffix": label_suffix,
+        "val_ratio": val_ratio,
         "format": TOKEN_CACHE_FORMAT_VERSION,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:32]
@@ -132,35 +144,54 @@ def _load_cached(cache_file: Path, max_len: int) -> _PackedFile | None:
         state = torch.load(cache_file, weights_only=True)
         blocks = state["blocks"].long()
         units = [state["unit_names"][i] for i in state["unit_index"].tolist()]
+        held_out = state["held_out"].bool()
     except (OSError, RuntimeError, EOFError, KeyError, IndexError, pickle.UnpicklingError) as error:
         # A damaged cache file is only a lost speed-up: rebuild it rather than fail the run.
         logger.warning("ignoring unreadable token cache %s (%s); rebuilding it", cache_file, error)
         return None
-    if blocks.ndim != 2 or blocks.shape[1] != max_len or len(units) != blocks.shape[0]:
+    if blocks.ndim != 2 or blocks.shape[1] != max_len or not len(units) == len(held_out) == blocks.shape[0]:
         logger.warning(
             "ignoring token cache %s with unexpected shape %s; rebuilding it", cache_file, tuple(blocks.shape)
         )
         return None
     logger.info("reusing token cache %s", cache_file)
-    return _PackedFile(blocks=blocks, units=units)
+    return _PackedFile(blocks=blocks, units=units, held_out=held_out)
 
 
-def _pack_file(file: Path, tokenizer, max_len: int, label_suffix: str | None) -> _PackedFile:
+def held_out_documents(texts: list[str], val_ratio: float) -> set[int]:
+    """Indices of the documents held out for validation: the ``num_held_out`` documents whose
+    text hashes lowest. Deterministic, seed-independent, and equal texts share a side."""
+    count = num_held_out(len(texts), val_ratio)
+    ranked = sorted(range(len(texts)), key=lambda i: (hashlib.sha256(texts[i].encode("utf-8")).digest(), i))
+    return set(ranked[:count])
+
+
+def num_held_out(num_documents: int, val_ratio: float) -> int:
+    """round(n * val_ratio) documents, at least one (if the file has two or more) and never all."""
+    if num_documents < 2 or val_ratio == 0.0:
+        return 0
+    return min(num_documents - 1, max(1, round(num_documents * val_ratio)))
+
+
+def _pack_file(file: Path, tokenizer, max_len: int, label_suffix: str | None, val_ratio: float) -> _PackedFile:
     documents = read_documents(file, label_suffix)
     logger.info("tokenizing %s: %d documents", file.name, len(documents))
     token_ids = _tokenize(documents, tokenizer)
-    groups: dict[str, list[list[int]]] = {}
-    for document, ids in zip(documents, token_ids):
+    held_out = held_out_documents([document.text for document in documents], val_ratio)
+    groups: dict[tuple[bool, str], list[list[int]]] = {}
+    for index, (document, ids) in enumerate(zip(documents, token_ids)):
         if ids:
-            groups.setdefault(document.label or file.name, []).append(ids)
-    block_arrays, units = [], []
-    for unit, docs in groups.items():
+            groups.setdefault((index in held_out, document.label or file.name), []).append(ids)
+    block_arrays, units, flags = [], [], []
+    for (is_held_out, unit), docs in sorted(groups.items(), key=lambda item: item[0][0]):  # training first
         blocks = pack_documents(docs, block_start_id(tokenizer), block_end_id(tokenizer),
                                 tokenizer.pad_token_id, max_len)
         block_arrays.append(blocks)
         units.extend([unit] * len(blocks))
+        flags.extend([is_held_out] * len(blocks))
     stacked = np.concatenate(block_arrays) if block_arrays else np.zeros((0, max_len), dtype=np.int64)
-    return _PackedFile(blocks=torch.from_numpy(stacked).long(), units=units)
+    return _PackedFile(blocks=torch.from_numpy(stacked).long(), units=units,
+                       held_out=torch.tensor(flags, dtype=torch.bool))
 
 
 def _tokenize(documents: list[Document], tokenizer) -> list[list[int]]:
@@ -219,6 +250,7 @@ def _save_atomically(packed: _PackedFile, cache_file: Path) -> None:
         "blocks": packed.blocks.to(torch.int32),
         "unit_names": unit_names,
         "unit_index": torch.tensor([unit_position[unit] for unit in packed.units], dtype=torch.int64),
+        "held_out": packed.held_out,
     }
     handle, temp_name = tempfile.mkstemp(prefix=f".{cache_file.stem}.", suffix=".tmp", dir=cache_file.parent)
     os.close(handle)
@@ -249,4 +281,5 @@ def _concatenate(packed_files: list[_PackedFile], files: list[Path], pad_id: int
         unit=[unit for packed in packed_files for unit in packed.units],
         files=[file.name for file in files],
         pad_token_id=int(pad_id),
+        held_out=torch.cat([packed.held_out for packed in packed_files]),
     )

@@ -67,25 +67,35 @@ class RoleProcess(ABC):
         return delta
 
     def end_round(self, round_idx: int) -> None:
+        """Gather the round to rank 0, which validates and writes it while every other rank waits in
+        the broadcast of its verdict: the next round starts together on every rank, and no
+        algorithm's round time absorbs rank 0's validation and writing (they are not training)."""
         piece = self.round_piece()
         piece.seconds = self.time_breakdown()
         piece.bytes_sent, piece.bytes_received = self.byte_delta.take(self.byte_counter)
         pieces = self.session.collectives.gather_to_rank0(piece)  # every rank calls, once per round
-        failure = self.writer.round_failure(round_idx, pieces) if self.writer is not None else None
+        failure = None
+        if self.writer is not None:
+            failure = self.writer.round_failure(round_idx, pieces)
+            if failure is None:
+                self.writer.write(round_idx, pieces)
         failure = self.session.collectives.broadcast_from_rank0(failure)  # every rank learns rank 0's verdict
         if failure is not None:
             raise RoundAborted(failure)
-        if self.writer is not None:
-            self.writer.write(round_idx, pieces)
 
     def finish(self, wall_seconds: float) -> None:
         if self.writer is None:
             return
         summary = self.writer.write_summary(wall_seconds)
         self.writer.close()
-        logger.info("done: %s rounds in %.1fs, %.0f tokens/s, final global loss %s, val perplexity %s; outputs in %s",
-                    summary["rounds_completed"], wall_seconds, summary["tokens_per_second"] or 0,
-                    _fmt(summary["final_global_loss"]), _fmt(summary["val_perplexity"]), self.session.output_dir)
+        ran = summary["rounds_this_invocation"]
+        this_time = (f"trained rounds {summary['first_round_this_invocation']}-{summary['rounds_completed']} "
+                     f"({ran} round{'s' if ran != 1 else ''}) in {wall_seconds:.1f}s" if ran else "trained no round")
+        logger.info("done: this invocation %s; the run has completed %s of %d rounds in %.1fs, %.0f tokens/s, "
+                    "final global loss %s, val loss %s (SE %s), val perplexity %s; outputs in %s",
+                    this_time, summary["rounds_completed"], self.config.n_comm_rounds, summary["wall_seconds"],
+                    summary["tokens_per_second"] or 0, _fmt(summary["final_global_loss"]), _fmt(summary["val_loss"]),
+                    _fmt(summary["val_loss_se"]), _fmt(summary["val_perplexity"]), self.session.output_dir)
 
 
 def _fmt(value) -> str:

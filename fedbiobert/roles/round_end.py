@@ -7,7 +7,6 @@ round export, the resume checkpoint and the metrics, and shows the round on the 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -16,10 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from fedbiobert.aggregate import weighted_average
-from fedbiobert.checkpoint import export_round, save_resume_state
-from fedbiobert.data import validation_batches
+from fedbiobert.checkpoint import config_record, export_round, save_resume_state
+from fedbiobert.evaluation import ValidationSet
 from fedbiobert.metrics import Progress, RunReporter, mean
-from fedbiobert.model import build_joined_model, gather_masked, load_joined_state, masked_positions, mlm_loss
+from fedbiobert.model import build_joined_model, load_joined_state
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +64,13 @@ class RoundWriter:
         self.reporter = RunReporter(session.output_dir)
         self.progress = Progress(self.config.n_comm_rounds, self.config.steps_per_round, self.config.log_every,
                                  first_round=session.start_round)
-        self.val_batches = validation_batches(session.corpus, session.val_indices, self.config.batch_size,
-                                              session.masking, seed=self.config.manual_seed,
-                                              max_batches=self.config.val_batches)
+        self.validation = ValidationSet(session.corpus, session.val_indices, self.config.val_blocks,
+                                        self.config.batch_size, session.masking, seed=self.config.manual_seed)
+        logger.info("validation set: %d blocks from %d files", len(self.validation),
+                    len(set(self.validation.file_of_row.tolist())))
         self.round_started = time.time()
+        # Rounds of earlier invocations of this run (a resume): the summary covers the whole run.
+        self.earlier_rounds: list[dict] = self.reporter.truncate_after_round(session.start_round)
         self.history: list[dict] = []
         self.joined = None  # the joined model, reused across rounds (see _joined_model)
 
@@ -88,16 +90,17 @@ class RoundWriter:
     def write(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
         state = self._resume_state(round_idx, pieces)
         model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
-        val_loss = evaluate(model, self.val_batches)
+        summary = self._round_event(round_idx, pieces, self.validation.evaluate(model))
+        state["run_seconds"] = summary["seconds"]
         export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer, state)
         save_resume_state(self.session.output_dir, state)
-        summary = self._round_event(round_idx, pieces, val_loss)
         events = [event for piece in pieces for event in piece.events] + [summary]
         self.reporter.write_events(events)
         self.progress.round_end({key: summary[key] for key in ("round", "local_loss", "global_loss", "val_loss",
-                                                               "val_perplexity", "round_seconds",
+                                                               "val_loss_se", "val_perplexity", "round_seconds",
                                                                "tokens_per_second")})
         self.history.append(summary)
+        self.round_started = time.time()  # the next round's clock starts after this round's report
         return summary
 
     def _joined_model(self, client_state: dict, server_state: dict):
@@ -114,7 +117,7 @@ class RoundWriter:
         client_state = next(piece.client_state for piece in pieces if piece.client_state is not None)
         private = {cid: s for piece in pieces for cid, s in piece.private_states.items()}
         servers = {piece.rank: piece.server_state for piece in pieces if piece.server_state is not None}
-        return {"round": round_idx + 1, "config": dataclasses.asdict(self.config), "client_state": client_state,
+        return {"round": round_idx + 1, "config": config_record(self.config), "client_state": client_state,
                 "server_states": servers, "private_states": private}
 
     def _export_client_state(self, state: dict) -> dict:
@@ -128,9 +131,12 @@ class RoundWriter:
             export.update(weighted_average([private[cid] for cid in ids], weights))
         return export
 
-    def _round_event(self, round_idx: int, pieces: list[RoundPiece], val_loss: float | None) -> dict:
+    def _round_event(self, round_idx: int, pieces: list[RoundPiece], validation) -> dict:
+        """The round's summary event. round_seconds is training time: from the end of the last
+        round's report to the end of this round's FedAvg (validation and writing excluded)."""
         now = time.time()
-        round_seconds, self.round_started = now - self.round_started, now
+        round_seconds = now - self.round_started
+        val_loss = validation.loss if validation is not None else None
         steps = [event for piece in pieces for event in piece.events if event["event"] == "step"]
         global_role = "server" if self.config.is_split and self.config.head_placement == "server" else "client"
         tokens = sum(event["tokens"] or 0 for event in steps if event["role"] == "client")
@@ -141,6 +147,8 @@ class RoundWriter:
             "local_loss": mean(event["local_loss"] for event in steps if event["role"] == "client"),
             "global_loss": mean(event["global_loss"] for event in steps if event["role"] == global_role),
             "val_loss": val_loss, "val_perplexity": _perplexity(val_loss),
+            "val_loss_se": validation.standard_error if validation is not None else None,
+            "val_loss_by_file": validation.loss_by_file if validation is not None else None,
             "tokens": tokens, "round_seconds": round(round_seconds, 4),
             "tokens_per_second": tokens / round_seconds if round_seconds > 0 else None,
             "bytes_sent": sum(piece.bytes_sent for piece in clients),        # client -> server (up)
@@ -152,25 +160,34 @@ class RoundWriter:
         }
 
     def write_summary(self, wall_seconds: float) -> dict:
-        last = self.history[-1] if self.history else {}
-        tokens = sum(entry["tokens"] for entry in self.history)
-        train_seconds = sum(entry["round_seconds"] for entry in self.history)
+        """summary.json over the whole run, earlier invocations (a resume) included; the
+        *_this_invocation keys say what this invocation did."""
+        rounds = self.earlier_rounds + self.history
+        last = rounds[-1] if rounds else {}
+        tokens = sum(entry["tokens"] or 0 for entry in rounds)
+        train_seconds = sum(entry["round_seconds"] or 0 for entry in rounds)
+        earlier_seconds = self.session.resume.get("run_seconds", 0.0) if self.session.resume else 0.0
         summary = {
             "algorithm": self.config.algorithm, "arch": self.config.arch,
             "num_client_encoder": self.config.num_client_encoder,
             "num_server_encoder": self.config.num_server_encoder, "head_placement": self.config.head_placement,
             "world_size": self.session.launch.world_size, "rounds_completed": last.get("round"),
-            "rounds_this_run": len(self.history), "wall_seconds": round(wall_seconds, 3),
+            "rounds_this_invocation": len(self.history),
+            "first_round_this_invocation": self.history[0]["round"] if self.history else None,
+            "wall_seconds": round(earlier_seconds + wall_seconds, 3),
+            "wall_seconds_this_invocation": round(wall_seconds, 3),
             "train_seconds": round(train_seconds, 3), "tokens": tokens,
             "tokens_per_second": tokens / train_seconds if train_seconds > 0 else None,
             "final_local_loss": last.get("local_loss"), "final_global_loss": last.get("global_loss"),
-            "val_loss": last.get("val_loss"), "val_perplexity": last.get("val_perplexity"),
-            "bytes_up": sum(entry["bytes_sent"] for entry in self.history),
-            "bytes_down": sum(entry["bytes_received"] for entry in self.history),
+            "val_loss": last.get("val_loss"), "val_loss_se": last.get("val_loss_se"),
+            "val_loss_by_file": last.get("val_loss_by_file"), "val_perplexity": last.get("val_perplexity"),
+            "val_blocks": len(self.validation),
+            "bytes_up": sum(entry["bytes_sent"] or 0 for entry in rounds),
+            "bytes_down": sum(entry["bytes_received"] or 0 for entry in rounds),
             "link": self.config.link, "comm_dtype": self.config.comm_dtype,
-            "time_breakdown": _sum_breakdowns(self.history),
-            "pipeline_efficiency": _pipeline_efficiency(self.history),
-            "rounds": self.history,
+            "time_breakdown": _sum_breakdowns(rounds),
+            "pipeline_efficiency": _pipeline_efficiency(rounds),
+            "rounds": rounds,
         }
         self.reporter.write_summary(summary)
         return summary
@@ -194,28 +211,10 @@ def time_breakdown(pieces: list[RoundPiece]) -> dict[str, dict[str, float]]:
     return result
 
 
-@torch.no_grad()
-def evaluate(model, batches) -> float | None:
-    """Mean MLM loss over the masked positions of the validation batches (None without batches),
-    computed on the model's device."""
-    if not batches:
-        return None
-    model.eval()
-    base = getattr(model, model.base_model_prefix)
-    device = next(model.parameters()).device
-    losses = []
-    for batch in (batch.to(device) for batch in batches):
-        hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        positions = masked_positions(batch.labels)
-        logits = _mlm_head(model)(gather_masked(hidden, positions))
-        losses.append(float(mlm_loss(logits, batch.labels.reshape(-1)[positions])))
-    return sum(losses) / len(losses)
-
-
 def _sum_breakdowns(history: list[dict]) -> dict[str, dict[str, float]]:
     total: dict[str, dict[str, float]] = {}
     for entry in history:
-        for role, seconds in entry["time_breakdown"].items():
+        for role, seconds in (entry.get("time_breakdown") or {}).items():
             for key, value in seconds.items():
                 total.setdefault(role, {}).setdefault(key, 0.0)
                 total[role][key] = round(total[role][key] + value, 4)
@@ -225,15 +224,10 @@ def _sum_breakdowns(history: list[dict]) -> dict[str, dict[str, float]]:
 def _pipeline_efficiency(history: list[dict]) -> float | None:
     """Slowest stage's compute time / measured round time, over the rounds of this run (1.0: the
     busiest process never waited; split learning that blocks every step scores low)."""
-    busiest = sum(max(s["max_compute"] for s in entry["time_breakdown"].values()) for entry in history
-                  if entry["time_breakdown"])
-    elapsed = sum(max(s["max_elapsed"] for s in entry["time_breakdown"].values()) for entry in history
-                  if entry["time_breakdown"])
+    history = [entry for entry in history if entry.get("time_breakdown")]
+    busiest = sum(max(s["max_compute"] for s in entry["time_breakdown"].values()) for entry in history)
+    elapsed = sum(max(s["max_elapsed"] for s in entry["time_breakdown"].values()) for entry in history)
     return round(busiest / elapsed, 4) if elapsed > 0 else None
-
-
-def _mlm_head(model):
-    return model.cls if hasattr(model, "cls") else model.lm_head
 
 
 def _perplexity(loss: float | None) -> float | None:

@@ -13,8 +13,10 @@ centralized) have S = 0: every rank is a client process.
 
 Logical clients (silos) have a fixed home process: client `client_id` lives on client process
 `client_id % P` (P = W - S), as a hospital's data lives on its own machine. Each round samples
-`round(n_clients * participation_ratio)` clients, stratified by home process so that every process
-trains as equal a share as the sample size allows.
+`round(n_clients * participation_ratio)` clients uniformly without replacement (as FedAvg and the
+original code do: every silo has the same chance each round, whatever its home process), and each
+process trains whichever of its silos were drawn, so processes may train different numbers of
+silos in a round (some none).
 """
 from __future__ import annotations
 
@@ -91,21 +93,12 @@ class Topology:
     def sample_clients(self, round_idx: int) -> list[int]:
         """The clients that train in round `round_idx` (0-based); the same on every rank.
 
-        Stratified: shuffle each process's clients, then deal picks process by process (starting
-        at a round-dependent process) so per-process counts differ by at most one.
+        Uniform without replacement over all silos, from a generator seeded by (seed, round), so the
+        draw does not depend on the number of processes: every silo is drawn with probability
+        clients_per_round / n_clients each round.
         """
         rng = random.Random(f"{self.seed}-sample-{round_idx}")
-        pools = [self.clients_at(rank) for rank in self.client_ranks]
-        for pool in pools:
-            rng.shuffle(pool)
-        start = rng.randrange(len(pools))
-        order = [(start + offset) % len(pools) for offset in range(len(pools))]
-        chosen: list[int] = []
-        while len(chosen) < self.clients_per_round:
-            for process_index in order:
-                if pools[process_index] and len(chosen) < self.clients_per_round:
-                    chosen.append(pools[process_index].pop())
-        return sorted(chosen)
+        return sorted(rng.sample(range(self.n_clients), self.clients_per_round))
 
     def clients_for(self, client_rank: int, round_idx: int) -> list[int]:
         """The sampled clients that `client_rank` trains, in turn, in round `round_idx`."""

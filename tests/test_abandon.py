@@ -21,17 +21,21 @@ def _serve_and_record(algorithm, server, channel, out_dir):
     trainer = algorithm.server_trainer(server, channel, 0)
     initial = copy.deepcopy(server.state_dict())
     moved_by_failed_silo = None
+    trained_sequences = 0  # what the next silo sent: the only batches the server steps on
     while True:
         message = channel.recv(None)
         if message.kind is Kind.CONTROL and message.control is Control.ROUND_DONE:
             break
         if message.client_id == 1 and moved_by_failed_silo is None:  # the next silo's first message
             moved_by_failed_silo = _moved(initial, server)
+        if message.client_id == 1 and message.kind is Kind.ACTIVATION:
+            trained_sequences += message.tensors[0].shape[0]
         trainer.handle(message)
     trainer.finish()  # raises if a batch still awaits its GRAD
     channel.flush()
     torch.save({"moved_by_failed_silo": moved_by_failed_silo, "moved_at_end": _moved(initial, server),
-                "steps": trainer.stepper.optimizer.state_dict()["state"] != {}}, out_dir / "server.pt")
+                "steps": trainer.stepper.optimizer.state_dict()["state"] != {},
+                "samples_seen": trainer.samples_seen, "trained_sequences": trained_sequences}, out_dir / "server.pt")
 
 
 def _moved(initial, module) -> bool:
@@ -76,3 +80,5 @@ def test_abandoned_batches_never_step_the_server_and_the_next_silo_is_served(tmp
     record = torch.load(tmp_path / "server.pt")
     assert record["moved_by_failed_silo"] is False
     assert record["moved_at_end"] and record["steps"]
+    # the replica's FedAvg weight counts the batches it trained on, not the abandoned ones
+    assert record["samples_seen"] == record["trained_sequences"] > 0

@@ -8,7 +8,6 @@ point where the process group would form, which these inputs never reach (formin
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os

@@ -22,14 +22,31 @@ def test_silos_have_fixed_homes_and_every_process_hosts_several():
     assert all(topology.home_rank(cid) == 1 + cid % 2 for cid in range(32))
 
 
-def test_sampling_is_deterministic_stratified_and_changes_between_rounds():
+def test_sampling_is_deterministic_and_changes_between_rounds():
     topology = Topology(world_size=3, num_servers=1, n_clients=4, clients_per_round=2, seed=7)
     rounds = [topology.sample_clients(r) for r in range(20)]
     assert rounds == [Topology(3, 1, 4, 2, 7).sample_clients(r) for r in range(20)]
-    for sample in rounds:
-        homes = collections.Counter(topology.home_rank(cid) for cid in sample)
-        assert sorted(homes.values()) == [1, 1]  # one silo per client process each round
+    assert all(len(set(sample)) == 2 for sample in rounds)  # without replacement
     assert len({tuple(sample) for sample in rounds}) > 1
+    # the draw does not depend on how many processes host the silos
+    assert rounds == [Topology(5, 1, 4, 2, 7).sample_clients(r) for r in range(20)]
+
+
+def test_sampling_is_uniform_over_silos_whatever_their_home_process():
+    """5 silos on 2 client processes (3 on one, 2 on the other), 2 drawn per round. Stratified
+    sampling (one per process) drew the 2 silos of the smaller process with probability 1/2 each and
+    the others with 1/3; uniform sampling draws every silo with probability 2/5."""
+    topology = Topology(world_size=3, num_servers=1, n_clients=5, clients_per_round=2, seed=3)
+    num_rounds = 20_000
+    counts = collections.Counter(cid for r in range(num_rounds) for cid in topology.sample_clients(r))
+    expected = num_rounds * 2 / 5
+    standard_deviation = (num_rounds * 0.4 * 0.6) ** 0.5
+    for client_id in range(5):
+        assert abs(counts[client_id] - expected) < 4 * standard_deviation, (client_id, counts)
+    # pairs are uniform too: each of the 10 pairs about 1/10 of the rounds
+    pairs = collections.Counter(tuple(topology.sample_clients(r)) for r in range(num_rounds))
+    assert len(pairs) == 10
+    assert all(abs(count - num_rounds / 10) < 4 * (num_rounds * 0.1 * 0.9) ** 0.5 for count in pairs.values())
 
 
 def test_clients_for_partitions_the_sample_between_processes():
@@ -37,7 +54,8 @@ def test_clients_for_partitions_the_sample_between_processes():
     for round_idx in range(5):
         per_process = [topology.clients_for(rank, round_idx) for rank in topology.client_ranks]
         assert sorted(sum(per_process, [])) == topology.sample_clients(round_idx)
-        assert max(map(len, per_process)) - min(map(len, per_process)) <= 1
+        for rank, silos in zip(topology.client_ranks, per_process):
+            assert all(topology.home_rank(cid) == rank for cid in silos)
 
 
 @pytest.mark.parametrize("args", [(2, 2, 4, 4, 0), (5, 1, 3, 3, 0), (3, 1, 4, 5, 0)])

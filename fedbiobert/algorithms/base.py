@@ -87,7 +87,8 @@ class ServerTrainer(ABC):
     @property
     @abstractmethod
     def samples_seen(self) -> int:
-        """Sequences trained on this round (the server replica's FedAvg weight)."""
+        """Sequences this replica trained on this round (its FedAvg weight): batches it stepped on,
+        not batches that arrived and were abandoned."""
 
 
 class SplitServerTrainer(ServerTrainer):
@@ -102,21 +103,30 @@ class SplitServerTrainer(ServerTrainer):
         self.wire_dtype = config.wire_dtype
         self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
         self.awaiting_grad: dict[tuple[int, int], tuple] = {}  # (client rank, step) -> what the GRAD needs
-        self._samples = 0
+        self._awaiting_samples: dict[tuple[int, int], int] = {}  # ... and that batch's sequences
+        self._samples = 0  # sequences this replica stepped on: its FedAvg weight
 
     @property
     def samples_seen(self) -> int:
         return self._samples
 
     def handle(self, message) -> StepResult | None:
+        key = (message.source, message.step)
         if message.kind is Kind.CONTROL and message.control is Control.ABANDON:
-            # Paired with a client trainer's abandon(): its silo failed, this batch's GRAD never comes.
-            self.awaiting_grad.pop((message.source, message.step), None)
+            # Paired with a client trainer's abandon(): its silo failed, this batch's GRAD never comes,
+            # and the replica never steps on it, so it does not count towards the FedAvg weight.
+            self.awaiting_grad.pop(key, None)
+            self._awaiting_samples.pop(key, None)
             return None
         if message.kind is Kind.ACTIVATION:
-            self._samples += message.tensors[0].shape[0]
-            return self.on_activation(message)
+            result = self.on_activation(message)
+            if key in self.awaiting_grad:  # counted once its GRAD comes and the replica steps
+                self._awaiting_samples[key] = message.tensors[0].shape[0]
+            else:  # stepped already (head on the server)
+                self._samples += message.tensors[0].shape[0]
+            return result
         if message.kind is Kind.GRAD:
+            self._samples += self._awaiting_samples.pop(key, 0)
             return self.on_grad(message)
         raise RuntimeError(f"server got an unexpected {message.kind.name} from rank {message.source}")
 

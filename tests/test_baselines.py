@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 
+from fedbiobert.algorithms.base import Stepper
 from fedbiobert.comm import shutdown
 from fedbiobert.messages import Control, Kind, Message
 from fedbiobert.metrics import read_events
@@ -35,6 +36,22 @@ def _aux_only_grads(client, batch) -> dict[str, torch.Tensor]:
     return _grads(reference)
 
 
+def _reference_update(trainer, module, batch) -> dict[str, torch.Tensor]:
+    """The trunk's weights after this step had it been driven by the auxiliary loss alone: a copy of
+    the module and of the trunk optimizer's state, aux-only gradients, clipped and stepped alike."""
+    reference = copy.deepcopy(module)
+    reference.zero_grad(set_to_none=True)
+    positions = masked_positions(batch.labels)
+    hidden = reference(batch.input_ids, batch.attention_mask)
+    mlm_loss(reference.aux_logits(gather_masked(hidden, positions)), batch.labels.reshape(-1)[positions]).backward()
+    stepper = trainer.stepper
+    twin = Stepper(reference, stepper.schedule, 0.01, stepper.max_grad_norm, skip=reference.final_head)
+    twin.optimizer.load_state_dict(copy.deepcopy(stepper.optimizer.state_dict()))
+    twin.step(trainer.current_step)
+    return {name: param.detach().clone() for name, param in reference.named_parameters() if id(param) in
+            {id(p) for p in twin.parameters}}
+
+
 def _serve(algorithm, server, channel):
     trainer = algorithm.server_trainer(server, channel, 0)
     while (message := channel.recv(None)).kind is not Kind.CONTROL:
@@ -55,11 +72,22 @@ def _worker(rank, world_size, options, capture_step, corpus_dir, cache_dir, out_
         captured, current = {}, {}
 
         def capture(module):
-            if current["step"] == capture_step and "grads" not in captured:  # not the finish() step
+            if current["step"] == capture_step and "grads" not in captured:
                 captured["grads"] = _grads(module)
                 captured["aux_only"] = _aux_only_grads(module, current["batch"])
+                if hasattr(trainer, "final_head_stepper"):
+                    trainer.current_step = step
+                    captured["expected_update"] = _reference_update(trainer, module, current["batch"])
+            elif current["step"] == capture_step + 1 and "expected_update" in captured:
+                captured["applied_update"] = {name: param.detach().clone() for name, param in
+                                              module.named_parameters() if name in captured["expected_update"]}
+
+        def capture_final_head(module):
+            captured.setdefault("final_head_grads", []).append(_grads(module))
 
         trainer.stepper.before_step.append(capture)
+        if getattr(trainer, "final_head_stepper", None) is not None:
+            trainer.final_head_stepper.before_step.append(capture_final_head)
         for step, batch in enumerate(batches):
             current.update(step=step, batch=batch)
             trainer.step(batch, step)
@@ -110,17 +138,28 @@ def _check_cut_traffic(captured, options):
 
 
 @pytest.mark.parametrize("server_output", ["auto", "full"])
-def test_fedbiobert_client_gradients_are_the_auxiliary_loss_gradients(tmp_path, small_corpus, server_output):
+def test_fedbiobert_client_updates_are_the_auxiliary_loss_updates(tmp_path, small_corpus, server_output):
+    """The trunk's gradient AND its applied update (after clipping, which a small --max_grad_norm
+    makes bite) are those of the auxiliary loss alone; the final head steps on its own, once per
+    settled OUTPUT (STEPS times a silo, not STEPS - max_inflight + 1)."""
     options = {"algorithm": "fedbiobert", "num_client_encoder": 1, "num_server_encoder": 1, "max_inflight": 1,
-               "server_output": server_output}
-    run_processes(_worker, 2, options, 2, small_corpus, tmp_path / "cache", tmp_path, timeout=120)
+               "server_output": server_output, "max_grad_norm": 0.05}
+    run_processes(_worker, 2, options, 1, small_corpus, tmp_path / "cache", tmp_path, timeout=120)
     captured = torch.load(tmp_path / "grads.pt")
     grads, aux_only = captured["grads"], captured["aux_only"]
-    final_head = {name for name in grads if name.startswith("cls.")}
-    assert final_head and all(grads[name].abs().sum() > 0 for name in final_head)  # the final loss did arrive
-    assert set(grads) - final_head == set(aux_only)
+    assert not any(name.startswith("cls.") for name in grads)  # the final head is not the trunk's
+    assert set(grads) == set(aux_only)
     for name in aux_only:
         torch.testing.assert_close(grads[name], aux_only[name], msg=name)
+    expected, applied = captured["expected_update"], captured["applied_update"]
+    assert set(expected) == set(applied) and any(name.startswith("bert.embeddings") for name in applied)
+    for name in expected:
+        torch.testing.assert_close(applied[name], expected[name], msg=name)
+    final_steps = captured["final_head_grads"]
+    assert len(final_steps) == STEPS  # one final-head step per settled OUTPUT
+    for step_grads in final_steps:
+        assert step_grads and all(name.startswith("predictions.") for name in step_grads)  # cls.predictions
+        assert all(grad.abs().sum() > 0 for grad in step_grads.values())
 
 
 def test_fedavg_of_identical_clients_equals_centralized(tmp_path):

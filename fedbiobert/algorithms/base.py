@@ -29,11 +29,16 @@ class StepResult:
 
 
 class Stepper:
-    """An AdamW optimizer over a module, stepped at the learning rate of a global step index."""
+    """An AdamW optimizer over a module's parameters (less those of `skip`, a submodule another
+    Stepper owns), clipped on its own and stepped at the learning rate of a global step index."""
 
-    def __init__(self, module: torch.nn.Module, schedule, weight_decay: float, max_grad_norm: float | None):
-        self.parameters = [param for param in module.parameters() if param.requires_grad]
-        self.optimizer = build_optimizer(module.named_parameters(), weight_decay)
+    def __init__(self, module: torch.nn.Module, schedule, weight_decay: float, max_grad_norm: float | None,
+                 skip: torch.nn.Module | None = None):
+        skipped = {id(param) for param in skip.parameters()} if skip is not None else set()
+        named = [(name, param) for name, param in module.named_parameters()
+                 if param.requires_grad and id(param) not in skipped]
+        self.parameters = [param for _, param in named]
+        self.optimizer = build_optimizer(named, weight_decay)
         self.schedule = schedule
         self.max_grad_norm = max_grad_norm
         self.before_step: list = []  # callables(module) run with the raw gradients (tests, diagnostics)
@@ -58,6 +63,18 @@ class Stepper:
 
 class ClientTrainer(ABC):
     """Trains one logical client for one communication round. Created fresh for each (client, round)."""
+
+    stepper: Stepper
+
+    @property
+    def steppers(self) -> list[Stepper]:
+        """Every optimizer of this trainer (one unless parts of the model are stepped apart)."""
+        return [self.stepper]
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for a NaN/inf gradient, over every stepper."""
+        return sum(stepper.skipped_steps for stepper in self.steppers)
 
     @abstractmethod
     def step(self, batch, global_step: int) -> StepResult:

@@ -4,7 +4,9 @@ Client step (never waits for a gradient from the server):
     hidden = embeddings + first N layers (input_ids)
     send ACTIVATION(hidden at the cut, padding mask, masked positions[, labels at them])
     local loss = auxiliary MLM head(hidden at masked positions); backward; AdamW step
-The client's embeddings and encoder layers are trained by the local loss alone.
+The client's embeddings and encoder layers are trained by the local loss alone. With the head on
+the client, the final head has an optimizer of its own: one step (clipped on its own) per OUTPUT
+settled, so it gets as many updates as the trunk and its gradient never enters the trunk's clipping.
 
 Server (in arrival order, from any of its clients):
     ACTIVATION -> remaining layers -> hidden at masked positions
@@ -56,7 +58,13 @@ class FedBioBERTClient(ClientTrainer):
         self.full_output = config.server_sends_full_output
         self.max_inflight = config.max_inflight
         self.wire_dtype = config.wire_dtype
-        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+        schedule, decay, clip = algorithm.session.schedule, config.weight_decay, config.max_grad_norm
+        final_head = model.final_head if self.head_on_client else None
+        # The trunk (embeddings, client layers, auxiliary head) and the final head step apart: the
+        # trunk on the auxiliary loss of batch b, the final head on the final loss of batch
+        # b - max_inflight when its OUTPUT is settled, each with its own clipping.
+        self.stepper = Stepper(model, schedule, decay, clip, skip=final_head)
+        self.final_head_stepper = Stepper(final_head, schedule, decay, clip) if final_head is not None else None
         self.awaited: collections.deque[_AwaitedOutput] = collections.deque()
         self.holding_output = False  # the oldest awaited OUTPUT was received but not yet answered
         self.last_step = -1
@@ -77,14 +85,16 @@ class FedBioBERTClient(ClientTrainer):
         return StepResult(local_loss=loss_value(local_loss), global_loss=_mean_or_none(global_losses),
                           tokens=int(batch.attention_mask.sum()), step=global_step, client_id=self.client_id)
 
+    @property
+    def steppers(self) -> list[Stepper]:
+        return [self.stepper] + ([self.final_head_stepper] if self.final_head_stepper is not None else [])
+
     def finish(self) -> list[StepResult]:
-        """Head on the client: settle every OUTPUT still awaited (this silo's head needs their
-        gradients before its weights are averaged), then one last step. Head on the server: nothing
-        to wait for; the activations still in flight are delivered while the next silo trains (the
-        process flushes before it says ROUND_DONE), so there is no pipeline bubble between silos."""
+        """Head on the client: settle every OUTPUT still awaited (this silo's head steps on each
+        before its weights are averaged). Head on the server: nothing to wait for; the activations
+        still in flight are delivered while the next silo trains (the process flushes before it
+        says ROUND_DONE), so there is no pipeline bubble between silos."""
         losses = self._settle_outputs(keep=0) if self.head_on_client else []
-        if losses:
-            self.stepper.step(self.last_step)
         return [StepResult(global_loss=loss, step=self.last_step, client_id=self.client_id) for loss in losses]
 
     def abandon(self) -> None:
@@ -120,6 +130,7 @@ class FedBioBERTClient(ClientTrainer):
             at_masked = rows_at_masked(server_hidden, awaited.positions, self.full_output)
             final_loss = mlm_loss(self.model.final_logits(at_masked), awaited.targets)
             final_loss.backward()  # grads for the client's final head, and d loss / d server_hidden
+            self.final_head_stepper.step(awaited.step)  # the final head only: the trunk has no grad here
             losses.append(loss_value(final_loss))
             reply = Message(Kind.GRAD, client_id=self.client_id, round=self.round_idx, step=awaited.step,
                             scalars=(math.nan, losses[-1]), tensors=[server_hidden.grad.to(self.wire_dtype)])

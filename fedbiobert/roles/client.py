@@ -163,8 +163,8 @@ class ClientProcess(RoleProcess):
         return f"{'timed out' if isinstance(error, SiloTimeout) else 'failed'}: {type(error).__name__}: {error}"
 
     def _nonfinite_problem(self, trainer) -> str | None:
-        if trainer.stepper.skipped_steps:
-            return f"{trainer.stepper.skipped_steps} step(s) had a NaN/inf loss or gradient"
+        if trainer.skipped_steps:
+            return f"{trainer.skipped_steps} step(s) had a NaN/inf loss or gradient"
         if not all(bool(torch.isfinite(param).all()) for param in self.model.parameters()):
             return "its weights are NaN/inf"
         return None

@@ -64,6 +64,8 @@ class ClientProcess(RoleProcess):
     def train_round(self, round_idx: int) -> None:
         weighted_sum = WeightedSum(self.global_state, self.federated_keys)
         trained_silos = self.topology.clients_for(self.rank, round_idx)
+        if self.algorithm.server_takes_turns:
+            self._wait_for(Control.TURN, round_idx)
         self.silos_sampled, self.silos_reported = len(trained_silos), 0
         for client_id in trained_silos:
             self._load_client(client_id)
@@ -78,12 +80,27 @@ class ClientProcess(RoleProcess):
         if self.channel is not None:
             # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
             self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
+            if self.algorithm.server_takes_turns:
+                self._wait_for(Control.ROUND_END, round_idx)  # the others' turns: not a dead peer
         averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
         if averaged is not None:
             self.global_state.update(averaged)
         self._account_model_exchange(len(trained_silos), weighted_sum.nbytes)
         if self.channel is not None:
             self.channel.flush()  # only now: the server drains our last batches during the model exchange
+
+    def _wait_for(self, control: Control, round_idx: int) -> None:
+        """Wait for the server's TURN or ROUND_END (see roles/server.py for the pairing). The server
+        sends WAITING at least every --comm_timeout / 4 s (plus one exchange) while it serves
+        another process, so each single receive stays bounded by --comm_timeout and a dead server
+        is still noticed; the whole wait is bounded only by the other processes' turns."""
+        while True:
+            message = self.channel.recv(self.server_rank)
+            if message.kind is Kind.CONTROL and message.control is control and message.round == round_idx:
+                return
+            if not (message.kind is Kind.CONTROL and message.control is Control.WAITING):
+                raise RuntimeError(f"protocol error: expected {control.name} of round {round_idx + 1} from "
+                                   f"server rank {self.server_rank}, got {message.kind.name} {message.control.name}")
 
     def _account_model_exchange(self, num_silos: int, state_bytes: int) -> None:
         """Count each trained silo's upload and download of the federated client part, and on an

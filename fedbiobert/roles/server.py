@@ -1,9 +1,20 @@
 """The server-process loop: train the server replica on client messages in arrival order.
 
 Per round: take messages from any of this server's client processes and hand them to the
-algorithm's ServerTrainer until every one of them has sent ROUND_DONE. A client may already be
-sending the next round's activations while another is still finishing this round; such messages
-wait in a backlog for the next round. Then FedAvg of the replicas across server processes.
+algorithm's ServerTrainer until every one of them has sent ROUND_DONE, then FedAvg of the replicas
+across server processes. (No message of the next round can arrive early: a client process starts
+the next round only after the round-end gather, which this server joins after this loop.)
+
+A server that takes turns (fedbert --server_schedule sequential) serves its client processes one
+at a time. A process waiting for its turn, or for the others' turns to end, is not waiting on a
+dead peer, so that wait must not be bounded by --comm_timeout as one exchange is. Pairing, per
+round:
+
+    server                                   client process p (in rank order)
+    TURN      --> p                          wait_for(TURN)   (WAITING messages keep it waiting)
+    serve p until its ROUND_DONE    <--      train its silos, ROUND_DONE
+    WAITING   --> every other process, at most every --comm_timeout / 4 s, while serving p
+    ROUND_END --> every process              wait_for(ROUND_END), then FedAvg
 """
 from __future__ import annotations
 
@@ -11,7 +22,7 @@ import logging
 import time
 
 from fedbiobert.aggregate import WeightedSum
-from fedbiobert.messages import Control, Kind
+from fedbiobert.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
 from fedbiobert.comm import link_channel
 from fedbiobert.roles.base import RoleProcess
@@ -32,7 +43,7 @@ class ServerProcess(RoleProcess):
         self.client_ranks = session.topology.client_ranks_of(self.rank)
         self.channel = link_channel(session, self.rank)
         self.events = EventLog(self.rank, "server", session.start_time)
-        self.backlog = []  # messages of a later round that arrived early
+        self.keepalive_every = self.config.comm_timeout / 4
         self.tokens_seen = 0
         self.started = time.time()
         self._apply_resume(session.resume)
@@ -46,8 +57,7 @@ class ServerProcess(RoleProcess):
         self.model.train()
         trainer = self.algorithm.server_trainer(self.model, self.channel, round_idx)
         if self.algorithm.server_takes_turns:  # one client process at a time, in rank order
-            for client_rank in self.client_ranks:
-                self._serve(trainer, round_idx, {client_rank}, source=client_rank)
+            self._serve_in_turns(trainer, round_idx)
         else:  # every client process at once, in arrival order
             self._serve(trainer, round_idx, set(self.client_ranks), source=None)
         trainer.finish()
@@ -57,28 +67,33 @@ class ServerProcess(RoleProcess):
                            round_idx + 1, trainer.stepper.skipped_steps)
         return trainer.samples_seen
 
-    def _serve(self, trainer, round_idx: int, still_sending: set[int], source: int | None) -> None:
-        """Hand messages to the trainer until every client in `still_sending` said ROUND_DONE."""
+    def _serve(self, trainer, round_idx: int, still_sending: set[int], source: int | None,
+               waiting: tuple[int, ...] = ()) -> None:
+        """Hand messages to the trainer until every client in `still_sending` said ROUND_DONE;
+        processes in `waiting` (their turn is before or after) hear WAITING now and then."""
+        last_keepalive = time.monotonic()
         while still_sending:
-            message = self._next_message(round_idx, source)
+            message = self.channel.recv(source)
             if message.kind is Kind.CONTROL and message.control is Control.ROUND_DONE:
                 still_sending.discard(message.source)  # paired with ClientProcess.train_round's send
                 continue
             result = trainer.handle(message)
             if result is not None:
                 self._record(result, round_idx)
+            if waiting and time.monotonic() - last_keepalive > self.keepalive_every:
+                self._tell(waiting, Control.WAITING, round_idx)
+                last_keepalive = time.monotonic()
 
-    def _next_message(self, round_idx: int, source: int | None):
-        """The next message of this round from `source` (None: any client process): from the
-        backlog first, else whatever arrives next."""
-        for index, message in enumerate(self.backlog):
-            if message.round == round_idx and source in (None, message.source):
-                return self.backlog.pop(index)
-        while True:
-            message = self.channel.recv(source)
-            if message.round == round_idx:
-                return message
-            self.backlog.append(message)
+    def _serve_in_turns(self, trainer, round_idx: int) -> None:
+        for client_rank in self.client_ranks:
+            self._tell([client_rank], Control.TURN, round_idx)  # paired with ClientProcess._wait_for
+            others = tuple(rank for rank in self.client_ranks if rank != client_rank)
+            self._serve(trainer, round_idx, {client_rank}, source=client_rank, waiting=others)
+        self._tell(self.client_ranks, Control.ROUND_END, round_idx)  # paired with ClientProcess._wait_for
+
+    def _tell(self, client_ranks, control: Control, round_idx: int) -> None:
+        for client_rank in client_ranks:
+            self.channel.send(Message(Kind.CONTROL, round=round_idx, control=control), client_rank)
 
     def average_replicas(self, samples: int) -> None:
         """FedAvg of the server replicas (every server process calls this), weighted by samples seen."""

@@ -38,7 +38,8 @@ def test_quick_matrix_entries_names_and_links():
     specs = _quick_matrix()
     assert [spec.name for spec in specs] == [
         "fedbert-0-4", "fedbert-0-4@100mbit-5ms", "fedbert-0-4-parallel", "fedbert-0-4-parallel@100mbit-5ms",
-        "fedbert-0-4-masked", "fedbert-0-4-masked@100mbit-5ms", "fedbert-2-2", "fedbert-2-2@100mbit-5ms",
+        "fedbert-0-4-masked", "fedbert-0-4-masked@100mbit-5ms", "fedbert-0-4-serverhead",
+        "fedbert-0-4-serverhead@100mbit-5ms", "fedbert-2-2", "fedbert-2-2@100mbit-5ms",
         "fedbiobert-2-2", "fedbiobert-2-2@100mbit-5ms",
         "fedbiobert-2-2-serverhead", "fedbiobert-2-2-serverhead@100mbit-5ms", "fedavg", "fedavg@100mbit-5ms",
         "centralized"]
@@ -54,6 +55,10 @@ def test_quick_matrix_entries_names_and_links():
     assert processes["fedbert-0-4-parallel"] == (4, 2)  # a server replica per client process
     assert processes["fedavg"] == (3, 0)
     assert "--head_placement" in by_name["fedbiobert-2-2-serverhead"].flags()
+    assert by_name["fedbiobert-2-2-serverhead"].head_placement == "server"
+    assert by_name["fedbert-0-4-serverhead"].is_serverhead_baseline
+    assert by_name["fedbert-0-4-serverhead"].head_placement == "server" and by_name["fedbert-0-4"].head_placement \
+        == "client"
     central = by_name["centralized"]
     assert (central.nproc, central.n_clients, central.num_batch, central.num_device) == (1, 1, 40, 0)
     assert by_name["fedavg"].n_clients == 4 and by_name["fedavg"].num_batch == 10
@@ -147,7 +152,9 @@ def _row(name, algorithm, k, seconds, link=None, status="ok", **extra):
            "final_global_loss": 7.25, "val_perplexity": 1234.5, "speedup_vs_fedbert": None,
            "tokens_per_round_budget": 16384, "error": None, "log": f"logs/{name}.log",
            "baseline": name.split("@")[0] == "fedbert-0-4",
-           "masked_baseline": name.split("@")[0] == "fedbert-0-4-masked"}
+           "masked_baseline": name.split("@")[0] == "fedbert-0-4-masked",
+           "serverhead_baseline": name.split("@")[0] == "fedbert-0-4-serverhead",
+           "head_placement": "server" if "serverhead" in name else "client"}
     return {**row, **extra}
 
 
@@ -169,6 +176,51 @@ def test_speedup_is_fedbert_0_l_seconds_per_round_with_the_same_link_over_this_r
     against_masked = {row["name"]: row["speedup_vs_fedbert_masked"] for row in rows}
     assert against_masked["fedbiobert-2-2"] == 3.0 and against_masked["fedbert-0-4-masked"] == 1.0
     assert against_masked["fedbiobert-2-2@100mbit-5ms"] is None  # no masked baseline ran with that link
+
+
+def _timed(seconds, val_losses, client, server, busiest, val_se=0.01, **extra):
+    """Rounds whose steady ones have the given stage compute, and a validation curve."""
+    curve = [{"round": r + 1, "train_seconds": seconds * (r + 1), "val_loss": loss}
+             for r, loss in enumerate(val_losses)]
+    return {"stage_compute": {"client": client, "server": server, "busiest": busiest}, "curve": curve,
+            "val_loss": val_losses[-1], "val_loss_se": val_se, **extra}
+
+
+def test_like_for_like_link_overhead_bound_target_and_quality_hand_computed():
+    wan = {"bandwidth_mbps": 100.0, "latency_ms": 5.0}
+    rows = [
+        _row("fedbert-0-4", "fedbert", 0, 8.0, **_timed(8.0, [7.0, 6.0], 1.0, 6.0, 6.0)),
+        _row("fedbert-0-4@100mbit-5ms", "fedbert", 0, 16.0, wan, **_timed(16.0, [7.0, 6.0], 1.0, 6.0, 6.0)),
+        _row("fedbert-0-4-serverhead", "fedbert", 0, 6.0, **_timed(6.0, [6.5, 5.9], 0.5, 5.0, 5.0)),
+        _row("fedbiobert-2-2", "fedbiobert", 2, 4.0, **_timed(4.0, [6.8, 6.1, 5.95], 3.0, 2.0, 3.5, val_se=0.03)),
+        _row("fedbiobert-2-2-serverhead", "fedbiobert", 2, 3.0, **_timed(3.0, [6.5, 6.3], 2.0, 2.5, 2.75)),
+        _row("fedbiobert-2-2-serverhead@100mbit-5ms", "fedbiobert", 2, 4.5, wan,
+             **_timed(4.5, [6.5, 6.3], 2.0, 2.5, 2.75)),
+    ]
+    by_name = {row["name"]: row for row in add_speedups(rows)}
+    head_server = by_name["fedbiobert-2-2-serverhead"]
+    assert head_server["speedup_vs_fedbert"] == 8.0 / 3.0  # against the published FedBERT
+    assert head_server["speedup_like_for_like"] == 2.0  # 6.0 / 3.0: FedBERT with its head on the server too
+    assert head_server["like_for_like_baseline"] == "fedbert-0-4-serverhead"
+    assert head_server["stage_bound"] == (0.5 + 5.0) / 2.75  # FedBERT's serial compute / busiest stage = 2.0
+    assert head_server["bound_fraction"] == pytest.approx(1.0)
+    assert by_name["fedbiobert-2-2"]["speedup_like_for_like"] == 2.0  # 8.0 / 4.0
+    assert by_name["fedbiobert-2-2"]["stage_bound"] == 7.0 / 3.5
+    assert by_name["fedbiobert-2-2-serverhead@100mbit-5ms"]["link_overhead"] == 1.5  # 4.5 / 3.0
+    assert by_name["fedbert-0-4@100mbit-5ms"]["link_overhead"] == 2.0
+    assert by_name["fedbert-0-4"]["link_overhead"] is None and by_name["fedbert-0-4"]["stage_bound"] is None
+    # time to the published FedBERT's final validation loss (6.0), at the first round end at or below it
+    assert by_name["fedbiobert-2-2"]["target_val_loss"] == 6.0
+    assert by_name["fedbiobert-2-2"]["seconds_to_target"] == 12.0  # round 3 (5.95), 3 x 4.0 s
+    assert by_name["fedbert-0-4-serverhead"]["seconds_to_target"] == 12.0  # round 2 (5.9)
+    assert by_name["fedbiobert-2-2-serverhead"]["reached_target"] is False
+    assert by_name["fedbiobert-2-2-serverhead"]["seconds_to_target"] is None
+    # quality: 6.3 vs 5.9 with SE 0.01 each is beyond noise; 5.95 (SE 0.03) vs 6.0 (SE 0.01) is within it:
+    # 0.05 < 1.96 x sqrt(0.03^2 + 0.01^2) = 0.062
+    assert head_server["val_loss_vs_baseline"] == pytest.approx(0.4) and head_server["val_loss_differs"] is True
+    assert by_name["fedbiobert-2-2"]["val_loss_differs"] is False
+    table = markdown_table(list(by_name.values()))
+    assert "| never |" in table and "6.300 ± 0.010 | +0.400 (beyond noise)" in table
 
 
 def test_repeated_passes_merge_into_medians_and_a_failed_pass_fails_the_run():
@@ -197,13 +249,13 @@ def test_no_speedup_without_a_successful_baseline():
 def test_markdown_table_of_hand_made_rows():
     rows = add_speedups(_hand_made_rows())
     lines = markdown_table(rows).splitlines()
-    assert lines[0].startswith("| run | link | s/round | tokens/s | speedup vs fedbert 0-L | vs 0-L masked | "
-                               "MB up/round |")
+    assert lines[0].startswith("| run | link | s/round | tokens/s | speedup vs FedBERT (paper) | like for like | "
+                               "vs 0-L masked | link overhead | of stage bound | s to target | MB up/round |")
     assert len(lines) == 2 + len(rows)
-    assert lines[4] == ("| fedbiobert-2-2 | none | 2.00 | 1,000 | 4.00x | 3.00x | 2.50 | - "
-                        "| 7.2500 | 1,234.5 | ok |")
-    assert lines[5] == ("| fedbiobert-2-2@100mbit-5ms | 100 Mbit/s, 5 ms | 3.00 | 1,000 | 4.00x | - | 2.50 | - "
-                        "| 7.2500 | 1,234.5 | ok |")
+    assert lines[4] == ("| fedbiobert-2-2 | none | 2.00 | 1,000 | 4.00x | 4.00x | 3.00x | - | - | - | 2.50 | - "
+                        "| - | - | ok |")
+    assert lines[5] == ("| fedbiobert-2-2@100mbit-5ms | 100 Mbit/s, 5 ms | 3.00 | 1,000 | 4.00x | 4.00x | - | 1.50x "
+                        "| - | - | 2.50 | - | - | - | ok |")
     assert lines[-1].startswith("| centralized | none | - | 1,000 | - |") and lines[-1].endswith("| failed |")
     machine = {"device": "cpu", "processor": "test cpu", "cpu_count": 2, "platform": "test", "python": "3",
                "torch": "2", "git_commit": "abc"}

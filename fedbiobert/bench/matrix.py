@@ -14,7 +14,9 @@ the same processes on the same cores. `fedbert-0-L-parallel` gives each client p
 server replica instead (2(N-1) processes, averaged each round), shown for reference when N-1 > 1
 (with one client process it is the same run). `fedbert-0-L-masked` is FedBERT with the server's
 output and its gradient cut to the masked positions (--server_output masked): a stronger baseline
-than the paper's, for reference. fedavg runs N client processes; centralized 1.
+than the paper's, for reference. `fedbert-0-L-serverhead` is FedBERT with the MLM head on the server
+(labels sent along, the server returns only the gradient at the cut): the like-for-like baseline of
+`fedbiobert-k-(L-k)-serverhead`. fedavg runs N client processes; centralized 1.
 
 Links: a link emulates the WAN between each client process and its server (--link_bandwidth_mbps,
 --link_latency_ms): split traffic and the per-round model exchange. FedAvg runs with every link
@@ -137,15 +139,23 @@ def masked_baseline_name(num_layers: int) -> str:
     return f"{BASELINE}-0-{num_layers}-masked"
 
 
+def serverhead_baseline_name(num_layers: int) -> str:
+    """FedBERT with its head on the server: the like-for-like baseline of fedbiobert's server-head runs."""
+    return f"{BASELINE}-0-{num_layers}-serverhead"
+
+
 def entries(preset: Preset) -> list[Entry]:
-    """fedbert 0-L as published (shared server; with a replica per client; and with the server's
-    output cut to the masked rows, for reference), fedbert k-(L-k) at k=L/2, fedbiobert at each preset
-    cut, fedbiobert L/2 with the head on the server, fedavg, centralized."""
+    """fedbert 0-L as published (shared server; with a replica per client; with the server's output
+    cut to the masked rows, for reference; and with the head on the server, like for like with
+    fedbiobert's server-head entry), fedbert k-(L-k) at k=L/2, fedbiobert at each preset cut,
+    fedbiobert L/2 with the head on the server, fedavg, centralized."""
     layers, half = preset.num_layers, preset.num_layers // 2
     split = [("fedbert", 0), ("fedbert", half)] + [("fedbiobert", k) for k in preset.fedbiobert_cuts]
     found = [Entry(f"{algorithm}-{k}-{layers - k}", algorithm, k, layers - k) for algorithm, k in split]
     found.insert(1, Entry(f"fedbert-0-{layers}-parallel", "fedbert", 0, layers, kind=PARALLEL))
     found.insert(2, Entry(masked_baseline_name(layers), "fedbert", 0, layers, flags=("--server_output", "masked")))
+    found.insert(3, Entry(serverhead_baseline_name(layers), "fedbert", 0, layers,
+                          flags=("--head_placement", "server")))
     found.append(Entry(f"fedbiobert-{half}-{layers - half}-serverhead", "fedbiobert", half, layers - half,
                        flags=("--head_placement", "server")))
     # full-model algorithms: every layer is local (num_server_encoder 0)
@@ -180,6 +190,20 @@ class RunSpec:
     @property
     def is_masked_baseline(self) -> bool:
         return self.entry == masked_baseline_name(self.num_server_encoder) and self.num_client_encoder == 0
+
+    @property
+    def is_serverhead_baseline(self) -> bool:
+        return self.entry == serverhead_baseline_name(self.num_server_encoder) and self.num_client_encoder == 0
+
+    @property
+    def head_placement(self) -> str:
+        """Where the final MLM head runs: server only with --head_placement server (full-model
+        algorithms hold the head locally, like a client)."""
+        flags = list(self.model_flags)
+        for index, flag in enumerate(flags[:-1]):
+            if flag == "--head_placement":
+                return flags[index + 1]
+        return "client"
 
     def flags(self) -> list[str]:
         """run.py flags (without --data_dir, --output_dir, --cache_dir)."""

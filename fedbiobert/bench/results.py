@@ -11,6 +11,18 @@ Timing conventions (repeated in results.md):
   (> 1: faster than the original FedBERT). Centralized (link None) compares with the no-link
   fedbert 0-L. None when that baseline did not run or failed. speedup_vs_fedbert_masked is the same
   against fedbert-0-L-masked (its server returns the masked rows only: a stronger baseline).
+- speedup_like_for_like: against FedBERT with the same head placement and link (head on the server:
+  fedbert-0-L-serverhead; on the client, and for full-model algorithms: fedbert-0-L).
+- link_overhead = this run's seconds_per_round / the same entry's without a link (how much the link
+  costs it, a ratio that depends much less on the machine's compute speed than a speed-up over a link).
+- stage_bound: what the run's own measured compute allows, FedBERT's serial compute per round (client +
+  server, the like-for-like baseline's) / this run's busiest stage (the largest per-process compute);
+  bound_fraction = speedup_like_for_like / stage_bound (1.0: all the overlap the stages allow).
+- seconds_to_target: cumulative training seconds at the first round end whose validation loss is at
+  or below the target, the final validation loss of the published FedBERT (fedbert-0-L, no link); None
+  when the run never reaches it (reached_target False).
+- val_loss_vs_baseline: validation loss minus the like-for-like baseline's, and val_loss_differs: whether
+  that exceeds 1.96 standard errors of the difference (evaluation.differs).
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ from pathlib import Path
 
 from fedbiobert.bench.matrix import Link, RunSpec, link_label
 from fedbiobert.bench.runner import REPO, RunOutcome
+from fedbiobert.evaluation import differs
 
 OPTIONAL_SUMMARY_KEYS = ("time_breakdown", "pipeline_efficiency")
 
@@ -42,6 +55,18 @@ def steady_tokens_per_second(rounds: list[dict]) -> float | None:
     return sum(entry.get("tokens") or 0 for entry in steady) / seconds if seconds > 0 else None
 
 
+def stage_compute(rounds: list[dict]) -> dict | None:
+    """Median over the steady rounds of each role's compute seconds per round: `client` and `server`
+    (mean over a role's processes) and `busiest` (the largest single process's compute)."""
+    timed = [entry["time_breakdown"] for entry in steady_rounds(rounds) if entry.get("time_breakdown")]
+    if not timed:
+        return None
+    result = {role: statistics.median(t.get(role, {}).get("compute", 0.0) for t in timed)
+              for role in ("client", "server")}
+    result["busiest"] = statistics.median(max(s["max_compute"] for s in t.values()) for t in timed)
+    return result
+
+
 def loss_curve(rounds: list[dict]) -> list[dict]:
     """Per round end: cumulative training seconds and the losses (for loss_vs_time.png)."""
     curve, elapsed = [], 0.0
@@ -59,7 +84,8 @@ def spec_fields(spec: RunSpec) -> dict:
             "link": spec.link.to_json() if spec.link is not None else None, "nproc": spec.nproc,
             "num_device": spec.num_device, "n_clients": spec.n_clients, "num_batch": spec.num_batch,
             "tokens_per_round_budget": spec.tokens_per_round, "baseline": spec.is_baseline,
-            "masked_baseline": spec.is_masked_baseline}
+            "masked_baseline": spec.is_masked_baseline, "serverhead_baseline": spec.is_serverhead_baseline,
+            "head_placement": spec.head_placement}
 
 
 def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:
@@ -80,7 +106,9 @@ def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:
         "bytes_up_per_round": summary["bytes_up"] / count if count and "bytes_up" in summary else None,
         "bytes_down_per_round": summary["bytes_down"] / count if count and "bytes_down" in summary else None,
         "final_global_loss": summary.get("final_global_loss"), "final_local_loss": summary.get("final_local_loss"),
-        "val_loss": summary.get("val_loss"), "val_perplexity": summary.get("val_perplexity"),
+        "val_loss": summary.get("val_loss"), "val_loss_se": summary.get("val_loss_se"),
+        "val_loss_by_file": summary.get("val_loss_by_file"), "val_perplexity": summary.get("val_perplexity"),
+        "stage_compute": stage_compute(rounds),
         "speedup_vs_fedbert": None, "speedup_vs_fedbert_masked": None, "curve": loss_curve(rounds),
     })
     row.update({key: summary[key] for key in OPTIONAL_SUMMARY_KEYS if key in summary})
@@ -101,6 +129,9 @@ def merge_repeats(passes: list[dict]) -> dict:
         for key in ("seconds_per_round", "tokens_per_second"):
             values = [row[key] for row in passes if row.get(key) is not None]
             merged[key] = statistics.median(values) if values else None
+        stages = [row["stage_compute"] for row in passes if row.get("stage_compute")]
+        if stages:
+            merged["stage_compute"] = {key: statistics.median(stage[key] for stage in stages) for key in stages[0]}
     return merged
 
 
@@ -110,14 +141,62 @@ def link_key(row: dict) -> tuple | None:
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
-    """Fill speedup_vs_fedbert (and _masked) in place: baseline seconds/round (same link) / this run's."""
+    """Fill every comparative measure of the module docstring in place."""
+    ok = [row for row in rows if row["status"] == "ok" and row.get("seconds_per_round")]
+    usable = {id(row) for row in ok}
     for field, flag in (("speedup_vs_fedbert", "baseline"), ("speedup_vs_fedbert_masked", "masked_baseline")):
-        baselines = {link_key(row): row["seconds_per_round"] for row in rows
-                     if row.get(flag) and row["status"] == "ok" and row.get("seconds_per_round")}
+        baselines = {link_key(row): row["seconds_per_round"] for row in ok if row.get(flag)}
         for row in rows:
-            baseline, own = baselines.get(link_key(row)), row.get("seconds_per_round")
-            row[field] = baseline / own if baseline and own and row["status"] == "ok" else None
+            row[field] = _ratio(baselines.get(link_key(row)), row, id(row) in usable)
+    like = {(link_key(row), row.get("head_placement", "client")): row for row in ok
+            if row.get("baseline") or row.get("serverhead_baseline")}
+    no_link = {row["entry"]: row["seconds_per_round"] for row in ok if row.get("link") is None}
+    target = next((row.get("val_loss") for row in ok if row.get("baseline") and row.get("link") is None), None)
+    for row in rows:
+        baseline = like.get((link_key(row), row.get("head_placement", "client")))
+        row["like_for_like_baseline"] = baseline["name"] if baseline else None
+        row["speedup_like_for_like"] = _ratio(baseline["seconds_per_round"] if baseline else None, row,
+                                              id(row) in usable)
+        own_no_link = no_link.get(row["entry"])
+        row["link_overhead"] = (row["seconds_per_round"] / own_no_link if id(row) in usable and row.get("link")
+                                and own_no_link else None)
+        _add_bound(row, baseline)
+        _add_time_to_target(row, target)
+        _add_quality_comparison(row, baseline)
     return rows
+
+
+def _ratio(baseline_seconds: float | None, row: dict, usable: bool) -> float | None:
+    return baseline_seconds / row["seconds_per_round"] if usable and baseline_seconds else None
+
+
+def _add_bound(row: dict, baseline: dict | None) -> None:
+    """stage_bound and bound_fraction for runs with a server stage (fedbiobert, fedbert k-(L-k))."""
+    row["stage_bound"] = row["bound_fraction"] = None
+    stages, base_stages = row.get("stage_compute"), (baseline or {}).get("stage_compute")
+    if not stages or not base_stages or not stages.get("server") or row is baseline or not stages["busiest"]:
+        return
+    row["stage_bound"] = (base_stages["client"] + base_stages["server"]) / stages["busiest"]
+    if row.get("speedup_like_for_like"):
+        row["bound_fraction"] = row["speedup_like_for_like"] / row["stage_bound"]
+
+
+def _add_time_to_target(row: dict, target: float | None) -> None:
+    row["target_val_loss"] = target
+    reached = [point["train_seconds"] for point in row.get("curve") or []
+               if target is not None and point.get("val_loss") is not None and point["val_loss"] <= target]
+    row["seconds_to_target"] = reached[0] if reached else None
+    row["reached_target"] = bool(reached) if target is not None and row["status"] == "ok" else None
+
+
+def _add_quality_comparison(row: dict, baseline: dict | None) -> None:
+    row["val_loss_vs_baseline"] = row["val_loss_differs"] = None
+    if baseline is None or row is baseline or None in (row.get("val_loss"), baseline.get("val_loss")):
+        return
+    row["val_loss_vs_baseline"] = row["val_loss"] - baseline["val_loss"]
+    if row.get("val_loss_se") is not None and baseline.get("val_loss_se") is not None:
+        row["val_loss_differs"] = differs(row["val_loss"], row["val_loss_se"], baseline["val_loss"],
+                                          baseline["val_loss_se"])
 
 
 def describe_link(row: dict) -> str:

@@ -20,16 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedbiobert.constants import ARCHS, HEAD_PLACEMENTS, PARTITION_SCHEMES
+
 logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("fedbiobert", "fedbert", "fedavg", "centralized")
 SPLIT_ALGORITHMS = ("fedbiobert", "fedbert")  # the others train the full model on clients, with no server
 SERVER_SCHEDULES = ("parallel", "sequential")
 CLIENT_SEEDS = ("distinct", "shared")
-ARCHS = ("bert", "roberta")
-HEAD_PLACEMENTS = ("client", "server")
 SERVER_OUTPUTS = ("auto", "full", "masked")
-PARTITION_SCHEMES = ("random", "by_file", "dirichlet", "label")
 COMM_DTYPES = ("fp32", "bf16", "fp16")
 AGGREGATE_WEIGHTINGS = ("samples", "uniform")
 # Flags of the original (image-oriented) code that mean nothing for text: accepted, then ignored.

@@ -12,7 +12,6 @@ from fedbiobert.model import (
     build_joined_model,
     load_joined_state,
     client_state_keys,
-    extended_attention_mask,
     gather_masked,
     join_state_dicts,
     masked_positions,
@@ -100,29 +99,6 @@ def test_batch_padding_actually_changes_the_logits(arch):
         masked = reference_logits(reference, batch)
         unmasked = reference_logits(reference, batch, torch.ones_like(batch["attention_mask"]))
     assert not torch.allclose(masked, unmasked)
-
-
-@pytest.mark.parametrize("arch,attn", ARCH_AND_ATTN)
-def test_extended_attention_mask_drives_layers_like_the_full_model(arch, attn):
-    _, full, reference = twin_models(arch, attn)
-    batch = padded_batch(arch)
-    base = full.base_model
-    with torch.no_grad():
-        hidden = base.embeddings(input_ids=batch["input_ids"])
-        additive_mask = extended_attention_mask(batch["attention_mask"], hidden.dtype)
-        for layer in base.encoder.layer:
-            hidden = layer(hidden, additive_mask)
-        expected = reference.base_model(**{k: batch[k] for k in ("input_ids", "attention_mask")})
-    real = batch["attention_mask"].bool()
-    assert additive_mask.shape == (len(REAL_LENGTHS), 1, 1, MAX_LEN)
-    assert_close(hidden[real], expected.last_hidden_state[real])
-
-
-def test_extended_attention_mask_values():
-    additive_mask = extended_attention_mask(torch.tensor([[1, 1, 0]]), torch.float32)
-    assert additive_mask.tolist() == [[[[0.0, 0.0, torch.finfo(torch.float32).min]]]]
-    with pytest.raises(ValueError, match="attention_mask shape"):
-        extended_attention_mask(torch.ones(3), torch.float32)
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE_INDEX = -100
+from fedbiobert.constants import IGNORE_INDEX
+
 MASK_FRACTION = 0.8
 RANDOM_FRACTION = 0.1  # the remaining 10% keep their original token
 

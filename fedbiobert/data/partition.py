@@ -24,9 +24,10 @@ import torch
 
 from fedbiobert.data.token_cache import TokenizedCorpus
 
+from fedbiobert.constants import PARTITION_SCHEMES
+
 logger = logging.getLogger(__name__)
 
-PARTITION_SCHEMES = ("random", "by_file", "dirichlet", "label")
 MAX_DIRICHLET_ATTEMPTS = 100
 
 

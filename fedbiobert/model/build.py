@@ -23,9 +23,10 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
+from fedbiobert.constants import ARCHS
+
 logger = logging.getLogger(__name__)
 
-ARCHS = ("bert", "roberta")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 _CONFIG_CLASSES = {"bert": BertConfig, "roberta": RobertaConfig}
 _MODEL_CLASSES = {"bert": BertForMaskedLM, "roberta": RobertaForMaskedLM}

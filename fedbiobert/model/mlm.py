@@ -12,9 +12,9 @@ import torch
 from torch.nn import functional
 from transformers import PreTrainedModel
 
-logger = logging.getLogger(__name__)
+from fedbiobert.constants import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # label of positions that are not predicted (HF / CrossEntropyLoss convention)
+logger = logging.getLogger(__name__)
 
 
 def masked_positions(labels: torch.Tensor) -> torch.Tensor:

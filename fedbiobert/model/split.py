@@ -19,26 +19,14 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from fedbiobert.model.build import arch_of, build_full_model, num_layers_of
 
+from fedbiobert.constants import HEAD_PLACEMENTS
+
 logger = logging.getLogger(__name__)
 
-HEAD_PLACEMENTS = ("client", "server")
 AUX_HEAD_PREFIX = "aux_head."
 ENCODER_LAYER_MARKER = ".encoder.layer."
 # Attribute under which each architecture's *ForMaskedLM keeps its final MLM head.
 _FINAL_HEAD_NAMES = {"bert": "cls", "roberta": "lm_head"}
-
-
-def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B,T] 1/0 padding mask -> [B,1,1,T] additive mask: 0 where kept, finfo(dtype).min where padded.
-
-    Encoder layers accept it under both eager and sdpa attention (sdpa adds float masks
-    to the scores); the split forwards themselves use HF's own mask builder (see
-    `_layer_attention_mask`) so they match the unsplit model bit for bit.
-    """
-    if attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} is invalid; accepted: [B, T]")
-    keep = attention_mask[:, None, None, :].to(dtype)
-    return (1.0 - keep) * torch.finfo(dtype).min
 
 
 def _layer_attention_mask(config: PretrainedConfig, hidden: torch.Tensor, attention_mask):

@@ -14,14 +14,22 @@ from fedbiobert.metrics import read_events
 DEFAULT_PROBE = "the patient was admitted with acute myocardial [MASK] ."
 
 
+def latest_rounds(events: list[dict]) -> list[dict]:
+    """One `round` event per round, the latest written (a metrics.jsonl of an older version could
+    repeat rounds trained again after a resume), in round order."""
+    latest = {event["round"]: event for event in events if event["event"] == "round"}
+    return [latest[number] for number in sorted(latest)]
+
+
 def round_table(events: list[dict]) -> str:
-    rows = [event for event in events if event["event"] == "round"]
-    header = f"{'round':>5} {'local loss':>10} {'global loss':>11} {'val loss':>8} {'val ppl':>9} " \
+    rows = latest_rounds(events)
+    header = f"{'round':>5} {'local loss':>10} {'global loss':>11} {'val loss':>8} {'± SE':>6} {'val ppl':>9} " \
              f"{'tokens/s':>9} {'MB up':>7} {'MB down':>7}"
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(f"{row['round']:>5} {_num(row['local_loss']):>10} {_num(row['global_loss']):>11} "
-                     f"{_num(row.get('val_loss')):>8} {_num(row.get('val_perplexity'), 1):>9} "
+                     f"{_num(row.get('val_loss')):>8} {_num(row.get('val_loss_se'), 3):>6} "
+                     f"{_num(row.get('val_perplexity'), 1):>9} "
                      f"{_num(row.get('tokens_per_second'), 0):>9} {row['bytes_sent'] / 1e6:>7.2f} "
                      f"{row['bytes_received'] / 1e6:>7.2f}")
     return "\n".join(lines)
@@ -41,10 +49,10 @@ def plot_losses(events: list[dict], path: Path) -> Path | None:
                   and (key == "local_loss" or e["role"] == _global_role(events))]
         if points:
             axis.plot(*zip(*points), ".", markersize=3, alpha=0.5, label=label)
-    rounds = [(e["seconds"], e["val_loss"]) for e in events if e["event"] == "round" and e.get("val_loss")]
+    rounds = [(e["seconds"], e["val_loss"]) for e in latest_rounds(events) if e.get("val_loss")]
     if rounds:
         axis.plot(*zip(*rounds), "o-", color="black", label="validation loss (round end)")
-    axis.set_xlabel("wall time (s)")
+    axis.set_xlabel("run wall time (s, cumulative over resumed invocations)")
     axis.set_ylabel("MLM loss")
     axis.legend()
     axis.grid(alpha=0.3)
@@ -90,8 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = args.output_dir / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        print(f"\nwall {summary['wall_seconds']:.1f}s, {_num(summary['tokens_per_second'], 0)} tokens/s, "
-              f"val perplexity {_num(summary['val_perplexity'], 1)}")
+        print(f"\n{summary['rounds_completed']} rounds, wall {summary['wall_seconds']:.1f}s "
+              f"(the last invocation: {summary.get('rounds_this_invocation')} rounds in "
+              f"{summary.get('wall_seconds_this_invocation', summary['wall_seconds']):.1f}s), "
+              f"{_num(summary['tokens_per_second'], 0)} tokens/s, val loss {_num(summary.get('val_loss'))} "
+              f"± {_num(summary.get('val_loss_se'), 3)}, val perplexity {_num(summary['val_perplexity'], 1)}")
+        for name, loss in (summary.get("val_loss_by_file") or {}).items():
+            print(f"  val loss {loss:.4f}  {name}")
     if not args.no_plot and (plot := plot_losses(events, args.output_dir / "loss.png")):
         print(f"loss plot: {plot}")
     rounds = sorted(args.output_dir.glob("round[0-9]*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)

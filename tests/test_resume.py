@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from fedbiobert import report
 from fedbiobert.metrics import read_events
 from tests.launch import TINY_MODEL, torchrun
 
@@ -74,3 +75,6 @@ def test_from_checkpoint_round_replays_the_later_rounds_exactly(tmp_path, small_
     assert summary["tokens"] == sum(e["tokens"] for e in after)
     assert summary["wall_seconds"] > summary["wall_seconds_this_invocation"]
     assert "this invocation trained rounds 2-3 (2 rounds)" in replay.stderr
+    table = report.round_table(events).splitlines()[2:]
+    assert [int(line.split()[0]) for line in table] == [1, 2, 3]  # each round once, in order
+    assert report.plot_losses(events, tmp_path / "loss.png") is not None

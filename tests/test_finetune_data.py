@@ -2,8 +2,6 @@
 CSV reading, silo splits."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from fedbiobert.data.tokenizer import load_tokenizer

@@ -95,7 +95,8 @@ def train_centralized(model, examples: list, hyper: Hyper, epochs: int, seed: in
     losses = []
     for epoch in range(epochs):
         losses += train_epochs(model, examples, hyper, optimizer, schedule, range(epoch, epoch + 1), seed, 0, pad_id)
-        logger.info("epoch %d/%d: mean training loss %.4f", epoch + 1, epochs, sum(losses[-10:]) / max(1, len(losses[-10:])))
+        recent = losses[-10:]
+        logger.info("epoch %d/%d: training loss (last steps) %.4f", epoch + 1, epochs, sum(recent) / max(1, len(recent)))
         if on_epoch_end(epoch):
             break
     return losses

@@ -96,7 +96,7 @@ def train_centralized(model, examples: list, hyper: Hyper, epochs: int, seed: in
     for epoch in range(epochs):
         losses += train_epochs(model, examples, hyper, optimizer, schedule, range(epoch, epoch + 1), seed, 0, pad_id)
         recent = losses[-10:]
-        logger.info("epoch %d/%d: training loss (last steps) %.4f", epoch + 1, epochs, sum(recent) / max(1, len(recent)))
+        logger.info("epoch %d/%d: loss (last steps) %.4f", epoch + 1, epochs, sum(recent) / max(1, len(recent)))
         if on_epoch_end(epoch):
             break
     return losses

@@ -50,6 +50,13 @@ def build_tokenizer(
     return tokenizer
 
 
+def load_tokenizer(tokenizer_path: str | Path) -> PreTrainedTokenizerFast:
+    """A given WordPiece vocab .txt or saved tokenizer folder (never trained; used downstream)."""
+    tokenizer = _load_given_tokenizer(Path(tokenizer_path))
+    tokenizer.model_max_length = MODEL_MAX_LENGTH
+    return tokenizer
+
+
 def check_tokenizer(tokenizer_path: str) -> None:
     """Load a given tokenizer once, so a bad path or a vocab without its special tokens fails before
     any process group forms (about 0.1 s for a 31k-token vocab)."""

@@ -1,0 +1,49 @@
+"""Examples (anything with `input_ids` and `labels`) into padded tensor batches.
+
+Training order is a seeded permutation per epoch (`epoch_order`), so a silo trained in a federated
+round and the same data trained centrally see the same batches when their seeds agree.
+"""
+from __future__ import annotations
+
+import torch
+
+from fedbiobert.finetune.data_ner import IGNORE
+
+
+def collate(examples: list, pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask padded to the longest example; token labels padded with -100."""
+    width = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    token_labels = isinstance(examples[0].labels, list)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long) if token_labels else \
+        torch.tensor([example.labels for example in examples], dtype=torch.long)
+    for row, example in enumerate(examples):
+        size = len(example.input_ids)
+        input_ids[row, :size] = torch.tensor(example.input_ids)
+        attention_mask[row, :size] = 1
+        if token_labels:
+            labels[row, :size] = torch.tensor(example.labels)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def epoch_order(num_examples: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def training_batches(examples: list, batch_size: int, seed: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+    order = epoch_order(len(examples), seed)
+    return [collate([examples[index] for index in order[start:start + batch_size]], pad_id)
+            for start in range(0, len(order), batch_size)]
+
+
+def eval_batches(examples: list, batch_size: int, pad_id: int) -> tuple[list[int], list[dict[str, torch.Tensor]]]:
+    """Batches of examples sorted by length (less padding); returns the order used, to undo it."""
+    order = sorted(range(len(examples)), key=lambda index: len(examples[index].input_ids))
+    return order, [collate([examples[index] for index in order[start:start + batch_size]], pad_id)
+                   for start in range(0, len(order), batch_size)]
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+    return -(-num_examples // batch_size)

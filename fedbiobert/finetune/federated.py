@@ -1,0 +1,73 @@
+"""Federated fine-tuning: FedAvg of the whole model over silos.
+
+Each round the engine's `Topology` samples the round's silos (`sample_clients`, via `clients_for`);
+every process trains its sampled silos in turn from the global weights with a fresh optimizer
+(stateless clients, as in FedAvg), adds each result to the engine's `WeightedSum` with the silo's
+number of examples as weight, and one sum across processes (identity for one process, an all-reduce
+under torchrun, `comm.Collectives`) gives every process the new global weights.
+
+The learning rate of a silo follows one linear schedule over all its rounds x local epochs, so one
+silo, one round and E local epochs retrace E centralized epochs exactly.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fedbiobert.aggregate import WeightedSum
+from fedbiobert.finetune.batching import num_batches
+from fedbiobert.finetune.train import Hyper, LinearSchedule, build_optimizer, train_epochs
+from fedbiobert.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessContext:
+    """This process's place in a (possibly one-process) federation, and its two collectives."""
+    rank: int = 0
+    world_size: int = 1
+    sum_across: Callable[[torch.Tensor], torch.Tensor] = lambda flat: flat
+    broadcast: Callable[[object], object] = lambda value: value
+
+
+def build_topology(n_clients: int, participation_ratio: float, seed: int, world_size: int) -> Topology:
+    clients_per_round = max(1, round(n_clients * participation_ratio))
+    return Topology(world_size=world_size, num_servers=0, n_clients=n_clients,
+                    clients_per_round=clients_per_round, seed=seed)
+
+
+def train_silo(model, examples: list, hyper: Hyper, rounds: int, local_epochs: int, round_idx: int,
+               seed: int, client_id: int, pad_id: int) -> list[float]:
+    """One silo's local epochs of round `round_idx`, from the weights the model holds now."""
+    optimizer = build_optimizer(model, hyper)
+    schedule = LinearSchedule(rounds * local_epochs * num_batches(len(examples), hyper.batch_size), hyper)
+    first = round_idx * local_epochs
+    return train_epochs(model, examples, hyper, optimizer, schedule, range(first, first + local_epochs),
+                        seed, client_id, pad_id)
+
+
+def train_federated(model, silos: list[list], hyper: Hyper, rounds: int, local_epochs: int, seed: int,
+                    pad_id: int, topology: Topology, context: ProcessContext = ProcessContext(),
+                    on_round_end=lambda round_idx: False) -> list[float]:
+    """Up to `rounds` FedAvg rounds; stops when on_round_end(round) (same answer on every process)."""
+    global_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    losses = []
+    for round_idx in range(rounds):
+        total = WeightedSum(global_state)
+        chosen = topology.clients_for(topology.client_ranks[context.rank], round_idx)
+        for client_id in chosen:
+            model.load_state_dict(global_state)
+            losses += train_silo(model, silos[client_id], hyper, rounds, local_epochs, round_idx, seed,
+                                 client_id, pad_id)
+            total.add(model.state_dict(), float(len(silos[client_id])))
+        averaged = total.reduce(context.sum_across)
+        global_state.update(averaged)
+        model.load_state_dict(global_state)
+        logger.info("round %d/%d: silos %s on rank %d", round_idx + 1, rounds, chosen, context.rank)
+        if on_round_end(round_idx):
+            break
+    return losses

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedbiobert.aggregate import weighted_average
-from fedbiobert.checkpoint import export_round, save_resume_state
+from fedbiobert.checkpoint import export_round, prune_rounds, save_resume_state
 from fedbiobert.data import validation_batches
 from fedbiobert.metrics import Progress, RunReporter, mean
 from fedbiobert.model import build_joined_model, gather_masked, load_joined_state, masked_positions, mlm_loss
@@ -89,8 +89,9 @@ class RoundWriter:
         state = self._resume_state(round_idx, pieces)
         model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
         val_loss = evaluate(model, self.val_batches)
-        export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer, state)
+        export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer)
         save_resume_state(self.session.output_dir, state)
+        prune_rounds(self.session.output_dir, round_idx + 1, self.config.keep_exports)
         summary = self._round_event(round_idx, pieces, val_loss)
         events = [event for piece in pieces for event in piece.events] + [summary]
         self.reporter.write_events(events)

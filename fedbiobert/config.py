@@ -147,7 +147,8 @@ class Config:
     output_dir: str = _opt("runs/fedbiobert", "where metrics, exports and checkpoints go",
                            aliases=("checkpoint_save_dir",), group="output")
     from_checkpoint: bool = _opt(False, "resume from output_dir/checkpoint", group="output")
-    from_checkpoint_round: int | None = _opt(None, "resume from output_dir/round{K} instead", group="output")
+    from_checkpoint_round: int | None = _opt(None, "resume after round K instead (output_dir/checkpoint/round{K}.pt)",
+                                             group="output")
     keep_exports: int | None = _opt(None, "keep only the last N round{k}/ exports and their round states "
                                     "(--from_checkpoint_round can resume only from those; default: keep all)",
                                     group="output")
@@ -579,7 +580,9 @@ def server_schedule_for(config: Config, world_size: int) -> str:
 
 
 def resolve_for_world(config: Config, world_size: int) -> Config:
-    """The config a run of `world_size` processes uses: --server_schedule auto made concrete."""
+    """The config a run of `world_size` processes uses: fedbert's --server_schedule auto made concrete."""
+    if config.algorithm != "fedbert":
+        return config
     return dataclasses.replace(config, server_schedule=server_schedule_for(config, world_size))
 
 

@@ -3,6 +3,7 @@ seconds, which corpus they looked for, how to point them at one, and where the c
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -50,4 +51,15 @@ def test_readme_documents_the_data_and_the_environment_variables():
     for name in ("pubmed_genia_abstracts.txt", "clinical_mtsamples_notes.txt", "scivocab_uncased.txt",
                  "FEDBIOBERT_DATA", "FEDBIOBERT_SHARED_DATA", "FEDBIOBERT_TORCH", "fedbiobert-run"):
         assert name in readme, name
-    assert "torchrun --standalone" not in readme.split("## Clusters and GPUs")[0]  # examples use the launcher
+
+
+def test_readme_commands_run_as_written_without_an_active_venv():
+    """Every command in the README's code blocks names the venv's programs (.venv/bin/...) or a script
+    that sets it up; training examples use the launcher."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    commands = [line for block in blocks for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert len(commands) >= 6
+    for command in commands:
+        assert command.startswith((".venv/bin/", "bash scripts/")), command
+        assert "torchrun" not in command, command

@@ -19,7 +19,7 @@ ARGS=("$@")
 for ((i = 0; i < ${#ARGS[@]}; i++)); do  # a --data_dir among the options is the corpus
     case "${ARGS[i]}" in
         --data_dir=*) DATA_DIR="${ARGS[i]#--data_dir=}" ;;
-        --data_dir) if [ $((i + 1)) -lt ${#ARGS[@]} ]; then DATA_DIR="${ARGS[i + 1]}"; fi ;;
+        --data_dir) DATA_DIR="${ARGS[i + 1]:-$DATA_DIR}" ;;
     esac
 done
 
@@ -54,7 +54,7 @@ bash scripts/setup_env.sh
 for ((i = 0; i < ${#ARGS[@]}; i++)); do
     case "${ARGS[i]}" in
         --output_dir=* | --checkpoint_save_dir=*) OUT="${ARGS[i]#*=}" ;;
-        --output_dir | --checkpoint_save_dir) OUT="${ARGS[i + 1]}" ;;
+        --output_dir | --checkpoint_save_dir) OUT="${ARGS[i + 1]:-$OUT}" ;;
     esac
 done
 .venv/bin/python -m fedbiobert.report "$OUT"

@@ -1,8 +1,10 @@
 """FedBioBERT entry point: config -> checks -> distributed init -> session -> role.run().
 
+    fedbiobert-run --nproc_per_node 3 --num_client_encoder 2 --num_server_encoder 2 ...
     torchrun --standalone --nproc_per_node 3 run.py --num_client_encoder 2 --num_server_encoder 2 ...
 
-Every process runs this file. Ranks 0..num_device-1 become servers, the rest client processes.
+Every process runs this file (fedbiobert-run checks the options once, then starts torchrun's agent
+on it). Ranks 0..num_device-1 become servers, the rest client processes.
 Bad options fail here, on every rank, before any process group is formed or anything is written.
 """
 from __future__ import annotations
@@ -12,13 +14,12 @@ import os
 import sys
 import time
 
-import torch
-
 from fedbiobert.algorithms import build_algorithm
 from fedbiobert.comm import PeerError, init_distributed, launch_info_from_env, shutdown
-from fedbiobert.config import ConfigError, parse_config, validate_paths, validate_static, validate_world
-from fedbiobert.checkpoint import load_resume_for, prepare_output_dir
-from fedbiobert.logs import setup_logging
+from fedbiobert.config import ConfigError
+from fedbiobert.checkpoint import prepare_output_dir
+from fedbiobert.logs import setup_logging, warnings_from_rank0
+from fedbiobert.preflight import check_run
 from fedbiobert.roles import build_role
 from fedbiobert.roles.base import NonFiniteError, RoundAborted
 from fedbiobert.session import build_session
@@ -32,15 +33,8 @@ STARTUP_REPORT_DELAY_S = 10.0
 
 
 def check_config(argv):
-    config = parse_config(argv)
     launch = launch_info_from_env()
-    validate_static(config)
-    validate_world(config, launch.world_size, launch.local_world_size, torch.cuda.is_available())
-    validate_paths(config)  # reads every corpus file (about 0.1 s for 28 MB): after the cheap checks
-    try:
-        resume = load_resume_for(config)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    config, resume = check_run(argv, launch.world_size, launch.local_world_size)
     return config, launch, resume
 
 
@@ -66,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = launch_info_from_env().rank
     setup_logging(rank)
     try:
-        config, launch, resume = check_config(argv)
+        with warnings_from_rank0(rank):  # every rank meets the same start-up warnings: say them once
+            config, launch, resume = check_config(argv)
     except ConfigError as error:
         if launch_info_from_env().local_rank == 0:  # every rank fails alike: say it once per node
             print(f"run.py: error: {error}", file=sys.stderr)

@@ -3,12 +3,16 @@
 Layout in `--output_dir`:
 
     checkpoint/state.pt          everything needed to resume after the last complete round
+    checkpoint/round{k}.pt       the same after round k (--from_checkpoint_round k); state.pt is a hard
+                                 link to the latest, so the two take the disk space of one
     round{k}/                    HF `save_pretrained` export of the joined model + tokenizer after
-                                 round k, plus training_state.pt (resume from exactly that round)
+                                 round k: a plain model folder, no training state
 
 A resume state is a single file written as `*.tmp` then renamed over the old one (os.replace is
 atomic on POSIX), so a crash mid-write leaves the previous checkpoint intact. A round folder is
-written under a temporary name and renamed into place when complete.
+written under a temporary name and swapped in when complete (the old folder is renamed aside first
+and deleted last, so there is always a complete round{k}/). `--keep_exports N` deletes the exports and
+round states of rounds before the last N. Every file gets the same permissions (0666 less the umask).
 """
 from __future__ import annotations
 
@@ -30,7 +34,6 @@ logger = logging.getLogger(__name__)
 # 2: tensors and plain data only (loadable with weights_only=True), cumulative run_seconds.
 STATE_FORMAT = 2
 STATE_FILE = "state.pt"
-ROUND_STATE_FILE = "training_state.pt"
 # Options that must match between the run that wrote a checkpoint and the run resuming from it: each
 # changes the model's shape, which data each silo holds, which silos are sampled, or what the
 # validation loss measures, so a resumed run with another value would silently be a different run.
@@ -56,7 +59,7 @@ def round_dir(output_dir: str | Path, round_number: int) -> Path:
 def resume_state_path(output_dir: str | Path, round_number: int | None = None) -> Path:
     if round_number is None:
         return Path(output_dir) / "checkpoint" / STATE_FILE
-    return round_dir(output_dir, round_number) / ROUND_STATE_FILE
+    return Path(output_dir) / "checkpoint" / f"round{round_number}.pt"
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -66,11 +69,31 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     with open(temporary, "rb") as stream:
         os.fsync(stream.fileno())
     os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (POSIX: the directory entry lives in the directory's own data)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def save_resume_state(output_dir: str | Path, state: dict[str, Any]) -> Path:
+    """checkpoint/round{k}.pt, then checkpoint/state.pt as a hard link to it (a copy where links fail)."""
+    round_path = resume_state_path(output_dir, state["round"])
+    atomic_torch_save({"format": STATE_FORMAT, **state}, round_path)
     path = resume_state_path(output_dir)
-    atomic_torch_save({"format": STATE_FORMAT, **state}, path)
+    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(round_path, temporary)
+    except OSError:
+        shutil.copyfile(round_path, temporary)
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
     logger.info("checkpoint of round %d written to %s", state["round"], path)
     return path
 
@@ -130,18 +153,59 @@ def _load_plain_state(path: Path, accepted: str) -> Any:
                          f"{str(error).splitlines()[0][:120]}) {accepted}") from None
 
 
-def export_round(output_dir: str | Path, round_number: int, model, tokenizer, state: dict[str, Any]) -> Path:
-    """Write round{k}/: the joined HF model, its tokenizer and the round's resume state."""
+def export_round(output_dir: str | Path, round_number: int, model, tokenizer) -> Path:
+    """Write round{k}/: the joined HF model and its tokenizer (the round's resume state is
+    checkpoint/round{k}.pt, written by save_resume_state)."""
     final = round_dir(output_dir, round_number)
     temporary = final.with_name(final.name + f".tmp{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary)
     tokenizer.save_pretrained(temporary)
-    torch.save({"format": STATE_FORMAT, **state}, temporary / ROUND_STATE_FILE)
-    if final.exists():  # re-running a round after a resume: the new export replaces the old
-        shutil.rmtree(final)
-    os.replace(temporary, final)
+    _set_default_modes(temporary)
+    _swap_in(temporary, final)
     return final
+
+
+def _swap_in(temporary: Path, final: Path) -> None:
+    """Put the complete folder `temporary` at `final`. An old `final` (a round re-run after a resume) is
+    renamed aside first and deleted only once the new one is in place: a crash at any point leaves a
+    complete round folder at `final`, or under its `.old` name, never neither."""
+    for path in temporary.iterdir():
+        if path.is_file():
+            with open(path, "rb") as stream:
+                os.fsync(stream.fileno())
+    fsync_dir(temporary)
+    aside = final.with_name(final.name + f".old{os.getpid()}")
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(temporary, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _set_default_modes(folder: Path) -> None:
+    """Give every file of an export the mode a plain open() would (0666 less the umask): safetensors
+    writes model.safetensors 0600 while the tokenizer files get 0644."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def prune_rounds(output_dir: str | Path, latest_round: int, keep: int | None) -> list[int]:
+    """--keep_exports: delete round{k}/ and checkpoint/round{k}.pt for k <= latest_round - keep.
+    Returns the rounds deleted."""
+    if keep is None:
+        return []
+    deleted = []
+    for round_number in range(1, latest_round - keep + 1):
+        export, state = round_dir(output_dir, round_number), resume_state_path(output_dir, round_number)
+        if export.exists() or state.exists():
+            shutil.rmtree(export, ignore_errors=True)
+            state.unlink(missing_ok=True)
+            deleted.append(round_number)
+    return deleted
 
 
 def prepare_output_dir(config) -> None:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("fedbiobert", "fedbert", "fedavg", "centralized")
 SPLIT_ALGORITHMS = ("fedbiobert", "fedbert")  # the others train the full model on clients, with no server
-SERVER_SCHEDULES = ("parallel", "sequential")
+SERVER_SCHEDULES = ("auto", "parallel", "sequential")
 CLIENT_SEEDS = ("distinct", "shared")
 SERVER_OUTPUTS = ("auto", "full", "masked")
 COMM_DTYPES = ("fp32", "bf16", "fp16")
@@ -78,7 +78,8 @@ class Config:
                               "gradients in about --mlm_probability of the bytes); auto: full for fedbert, masked "
                               "for fedbiobert", choices=SERVER_OUTPUTS, group="model")
     # --- federation -------------------------------------------------------------------------
-    n_clients: int = _opt(4, "logical clients (silos)", group="federation")
+    n_clients: int | None = _opt(None, "logical clients (silos) (default: 4; 1 for --algorithm centralized)",
+                                 group="federation")
     participation_ratio: float = _opt(1.0, "fraction of clients sampled each round, in (0, 1]",
                                       group="federation")
     n_comm_rounds: int = _opt(10, "communication rounds", group="federation")
@@ -92,8 +93,9 @@ class Config:
     num_device: int | None = _opt(None, "server processes, the first ranks (default: 1 for fedbiobert and "
                                   "fedbert, 0 for fedavg and centralized)", aliases=("num_servers",),
                                   group="federation")
-    server_schedule: str = _opt("parallel", "fedbert: one server replica per client process (parallel) or one "
-                                "shared server that client processes take turns with (sequential)",
+    server_schedule: str = _opt("auto", "fedbert: one server replica per client process (parallel) or one "
+                                "shared server that client processes take turns with (sequential); auto: parallel "
+                                "when the world has a server per client process, else sequential",
                                 choices=SERVER_SCHEDULES, group="federation")
     client_seeds: str = _opt("distinct", "distinct: each silo its own sampling/masking/dropout seeds; shared: "
                              "the same for every silo (controlled experiments)", choices=CLIENT_SEEDS,
@@ -147,7 +149,11 @@ class Config:
     output_dir: str = _opt("runs/fedbiobert", "where metrics, exports and checkpoints go",
                            aliases=("checkpoint_save_dir",), group="output")
     from_checkpoint: bool = _opt(False, "resume from output_dir/checkpoint", group="output")
-    from_checkpoint_round: int | None = _opt(None, "resume from output_dir/round{K} instead", group="output")
+    from_checkpoint_round: int | None = _opt(None, "resume after round K instead (output_dir/checkpoint/round{K}.pt)",
+                                             group="output")
+    keep_exports: int | None = _opt(None, "keep only the last N round{k}/ exports and their round states "
+                                    "(--from_checkpoint_round can resume only from those; default: keep all)",
+                                    group="output")
     stop_after_round: int | None = _opt(None, "exit cleanly after this round (e.g. to fit a job time limit); "
                                         "continue later with --from_checkpoint True", group="output")
     log_every: int = _opt(5, "log a line every this many steps when not on a terminal", group="output")
@@ -162,6 +168,10 @@ class Config:
                                    group="device")
 
     # ---------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if self.n_clients is None:  # implied by the algorithm, as --num_device is
+            object.__setattr__(self, "n_clients", 1 if self.algorithm == "centralized" else 4)
+
     @property
     def is_split(self) -> bool:
         return self.algorithm in SPLIT_ALGORITHMS
@@ -303,10 +313,19 @@ def _argument_type(config_field: dataclasses.Field):
     return str
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: X)' unless the help text already says what the default is."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="run.py", description="FedBioBERT: SplitFed pre-training of biomedical BERT/RoBERTa.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     parser.add_argument("--config", help="YAML or TOML file of options; the command line overrides it")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for config_field in dataclasses.fields(Config):
@@ -453,6 +472,9 @@ def _validate_counts(config: Config) -> None:
     _require(config.link_latency_ms >= 0, f"--link_latency_ms {config.link_latency_ms} must be 0 or more")
     _require(0 < config.participation_ratio <= 1,
              f"--participation_ratio {config.participation_ratio} is outside (0, 1]")
+    if round(config.n_clients * config.participation_ratio) == 0:
+        logger.warning("--participation_ratio %g of --n_clients %d rounds to 0 clients a round; sampling 1 "
+                       "client each round", config.participation_ratio, config.n_clients)
     _require(config.num_workers >= 0, f"--num_workers {config.num_workers} must be 0 or more")
     _require(config.val_blocks >= 0, f"--val_blocks {config.val_blocks} must be 0 or more")
     _require(0 <= config.val_ratio < 0.5, f"--val_ratio {config.val_ratio} is outside [0, 0.5)")
@@ -461,6 +483,9 @@ def _validate_counts(config: Config) -> None:
     if config.stop_after_round is not None:
         _require(1 <= config.stop_after_round <= config.n_comm_rounds,
                  f"--stop_after_round {config.stop_after_round} is outside [1, --n_comm_rounds {config.n_comm_rounds}]")
+    if config.keep_exports is not None:
+        _require(config.keep_exports >= 1, f"--keep_exports {config.keep_exports} must be at least 1 "
+                 "(the last round's export is always kept; leave it out to keep every round's)")
     if config.from_checkpoint_round is not None:
         _require(config.from_checkpoint_round >= 1,
                  f"--from_checkpoint_round {config.from_checkpoint_round} must be a round number >= 1")
@@ -524,13 +549,17 @@ def validate_world(config: Config, world_size: int, local_world_size: int, cuda_
              f"process(es): every server needs at least one client process (world size {world_size})")
     if config.algorithm == "centralized":
         _require(world_size == 1, f"--algorithm centralized runs on 1 process, not {world_size}")
-    if config.algorithm == "fedbert" and config.server_schedule == "parallel":
+    schedule = server_schedule_for(config, world_size)
+    if config.algorithm == "fedbert" and schedule == "parallel":
         _require(num_client_processes == servers,
                  f"fedbert with --server_schedule parallel needs one server replica per client process: "
-                 f"--num_device {servers} but {num_client_processes} client processes (world size {world_size})")
-    if config.algorithm == "fedbert" and config.server_schedule == "sequential":
+                 f"--num_device {servers} but {num_client_processes} client processes (world size {world_size}; "
+                 f"launch {2 * servers} processes, or use --server_schedule sequential with --num_device 1)")
+    if config.algorithm == "fedbert" and schedule == "sequential":
         _require(servers == 1, f"fedbert with --server_schedule sequential has one shared server: "
-                 f"--num_device {servers} must be 1")
+                 f"--num_device {servers} must be 1" + (
+                     f" (or launch {2 * servers} processes for one server per client process)"
+                     if config.server_schedule == "auto" else ""))
     _require(num_client_processes <= config.n_clients,
              f"{num_client_processes} client processes but --n_clients {config.n_clients}: a process "
              "would have no silo (launch fewer processes or raise --n_clients)")
@@ -542,6 +571,21 @@ def validate_world(config: Config, world_size: int, local_world_size: int, cuda_
         _require(len(gpu_ids) == local_world_size,
                  f"--gpu_ids '{config.gpu_ids}' has {len(gpu_ids)} id(s) but {local_world_size} processes "
                  "run on this node (give one id per local process)")
+
+
+def server_schedule_for(config: Config, world_size: int) -> str:
+    """--server_schedule with auto resolved for this world: parallel when every client process has a server
+    of its own, else sequential (client processes take turns with one server)."""
+    if config.server_schedule != "auto":
+        return config.server_schedule
+    return "parallel" if world_size - config.num_servers == config.num_servers else "sequential"
+
+
+def resolve_for_world(config: Config, world_size: int) -> Config:
+    """The config a run of `world_size` processes uses: fedbert's --server_schedule auto made concrete."""
+    if config.algorithm != "fedbert":
+        return config
+    return dataclasses.replace(config, server_schedule=server_schedule_for(config, world_size))
 
 
 def validate_paths(config: Config) -> None:

@@ -5,6 +5,7 @@ FEDBIOBERT_LOG_LEVEL says otherwise, so a run on many processes stays readable.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -24,3 +25,17 @@ def setup_logging(rank: int, role: str = "") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # its per-save "Writing model shards" bars would flood the log
+
+
+@contextlib.contextmanager
+def warnings_from_rank0(rank: int):
+    """Within this block only rank 0 logs warnings (errors still show everywhere): for the start-up checks,
+    which every rank runs alike, so a warning prints once and not once per process."""
+    root = logging.getLogger()
+    level = root.level
+    if rank != 0:
+        root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)

@@ -80,7 +80,8 @@ def fill_mask(model_dir: Path, text: str, top_k: int = 5) -> list[str]:
     with torch.no_grad():
         logits = model(**encoded).logits[0]
     position = (encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0]
-    return tokenizer.convert_ids_to_tokens(logits[position].topk(top_k).indices.tolist())
+    # decode, not convert_ids_to_tokens: a byte-level BPE (RoBERTa) token is 'Ġof' for ' of'
+    return [tokenizer.decode([token_id]).strip() for token_id in logits[position].topk(top_k).indices.tolist()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,9 @@
-"""Shared fixtures: paths to the real shared data, and small corpora sliced from it."""
+"""Shared fixtures: paths to the real shared data, and small corpora sliced from it.
+
+Every test reaches the shared data through `shared_data()` (PRETRAIN and SCIVOCAB are made with it).
+The data lives outside the repository, at ../shared/data from its root, or where
+FEDBIOBERT_SHARED_DATA points; without it the session stops at once with one message saying so.
+"""
 from __future__ import annotations
 
 import itertools
@@ -9,9 +14,33 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FEDBIOBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
-PRETRAIN = SHARED_DATA / "pretrain"
-SCIVOCAB = SHARED_DATA / "vocab" / "scivocab_uncased.txt"
+SHARED_DATA_VARIABLE = "FEDBIOBERT_SHARED_DATA"
+SHARED_DATA = Path(os.environ.get(SHARED_DATA_VARIABLE) or REPO.parent / "shared" / "data")
+
+
+def shared_data(relative: str) -> Path:
+    """A path inside the shared data folder: the one way tests reach it."""
+    return SHARED_DATA / relative
+
+
+PRETRAIN = shared_data("pretrain")
+SCIVOCAB = shared_data("vocab/scivocab_uncased.txt")
+NEEDED = (PRETRAIN, SCIVOCAB)
+
+
+def missing_shared_data_message() -> str | None:
+    missing = [path for path in NEEDED if not path.exists()]
+    if not missing:
+        return None
+    return (f"the tests need the shared data folder, looked for at '{SHARED_DATA}' ({', '.join(map(str, missing))} "
+            f"missing); set {SHARED_DATA_VARIABLE}=/path/to/shared/data to use another place "
+            "(README.md, 'Data sources', says what it holds)")
+
+
+def pytest_configure(config):
+    message = missing_shared_data_message()
+    if message:  # once, before collection: not one FileNotFoundError per test
+        raise pytest.UsageError(message)
 
 
 def copy_head(name: str, dest: Path, num_lines: int) -> Path:

@@ -233,6 +233,11 @@ CATALOGUE = {
     "not an integer": Bad(lambda t, c: ["--n_clients", "two"], "argument --n_clients: invalid int value: 'two'",
                           torchrun=True, world=2),
     "unknown flag": Bad(lambda t, c: ["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag 1"),
+    "keep_exports 0": Bad(lambda t, c: ["--keep_exports", "0"], "--keep_exports 0 must be at least 1"),
+    "server_schedule unknown": Bad(lambda t, c: ["--server_schedule", "round_robin"],
+                                   "argument --server_schedule: invalid choice: 'round_robin'"),
+    "centralized with several clients": Bad(lambda t, c: ["--algorithm", "centralized"],
+                                            "--n_clients 2 must be 1 for --algorithm centralized", world=1),
     # --- config file -----------------------------------------------------------------------------------
     "config unknown key": Bad(lambda t, c: config_file(t, "run.yaml", "n_clinets: 8\n"),
                               "has unknown option 'n_clinets'"),
@@ -255,6 +260,12 @@ CATALOGUE = {
     "n_clients below client processes": Bad(lambda t, c: ["--n_clients", "1"], "2 client processes but --n_clients 1"),
     "centralized on several processes": Bad(lambda t, c: ["--algorithm", "centralized", "--n_clients", "1"],
                                             "--algorithm centralized runs on 1 process, not 3"),
+    "fedbert auto schedule, servers that fit no schedule": Bad(
+        lambda t, c: ["--algorithm", "fedbert", "--num_device", "2", "--n_clients", "3"],
+        "--num_device 2 must be 1 (or launch 4 processes for one server per client process)", world=5),
+    "fedbert parallel schedule, too few servers": Bad(
+        lambda t, c: ["--algorithm", "fedbert", "--server_schedule", "parallel"],
+        "or use --server_schedule sequential with --num_device 1)"),
 }
 
 # torchrun's own report of a failed worker: its agent's glog lines, then its traceback and summary table.

@@ -1,9 +1,12 @@
 """Flags, config files and validation: every bad value gets one clear line naming it."""
 import logging
+import re
 
 import pytest
 
-from fedbiobert.config import (ConfigError, parse_config, validate_paths, validate_static, validate_world)
+from fedbiobert.config import (ConfigError, build_parser, parse_config, resolve_for_world, server_schedule_for,
+                               validate_paths, validate_static, validate_world)
+from fedbiobert.logs import warnings_from_rank0
 
 
 def test_original_flags_and_aliases(tmp_path):
@@ -102,3 +105,63 @@ def test_init_from_layer_mismatch_is_named(tmp_path, small_corpus):
                            "--num_client_encoder", "2", "--num_server_encoder", "2"])
     with pytest.raises(ConfigError, match="= 4 layers, but --init_from .* has 12"):
         validate_paths(config)
+
+
+def test_centralized_implies_one_client():
+    config = parse_config(["--algorithm", "centralized"])
+    assert config.n_clients == 1 and config.num_servers == 0
+    validate_static(config)
+    validate_world(config, world_size=1, local_world_size=1, cuda_available=False)
+    assert parse_config([]).n_clients == 4
+    with pytest.raises(ConfigError, match="--n_clients 3 must be 1 for --algorithm centralized"):
+        validate_static(parse_config(["--algorithm", "centralized", "--n_clients", "3"]))
+
+
+def test_a_participation_ratio_that_rounds_to_no_client_says_so_once(caplog):
+    with caplog.at_level(logging.WARNING):
+        config = parse_config(["--n_clients", "4", "--participation_ratio", "0.1"])
+        validate_static(config)
+    assert config.clients_per_round == 1
+    assert [record.getMessage() for record in caplog.records] == [
+        "--participation_ratio 0.1 of --n_clients 4 rounds to 0 clients a round; sampling 1 client each round"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        validate_static(parse_config(["--n_clients", "4", "--participation_ratio", "0.2"]))
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("world,servers,expected", [(2, 1, "parallel"), (3, 1, "sequential"), (4, 2, "parallel")])
+def test_fedbert_server_schedule_auto_fits_the_world(world, servers, expected):
+    config = parse_config(["--algorithm", "fedbert", "--num_device", str(servers), "--n_clients", "4"])
+    assert config.server_schedule == "auto"
+    validate_world(config, world_size=world, local_world_size=world, cuda_available=False)
+    assert server_schedule_for(config, world) == expected
+    assert resolve_for_world(config, world).server_schedule == expected
+
+
+@pytest.mark.parametrize("argv,world,fragment", [
+    (["--server_schedule", "parallel"], 3, "or use --server_schedule sequential with --num_device 1"),
+    (["--num_device", "2"], 5, "--num_device 2 must be 1 (or launch 4 processes"),
+])
+def test_fedbert_schedule_errors_name_the_fix(argv, world, fragment):
+    config = parse_config(["--algorithm", "fedbert", "--n_clients", "4", *argv])
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        validate_world(config, world_size=world, local_world_size=world, cuda_available=False)
+
+
+def test_help_says_each_default_once():
+    text = build_parser().format_help()
+    entries = re.split(r"\n  (?=-)", text)[1:]
+    assert len(entries) > 50
+    for entry in entries:
+        assert entry.count("default") <= 1, entry
+
+
+def test_startup_warnings_print_on_rank_0_only(caplog):
+    for rank, expected in ((0, 1), (2, 0)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), warnings_from_rank0(rank):
+            parse_config(["--pn_normalize", "True"])
+            logging.getLogger("fedbiobert.x").error("errors always show")
+        warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+        assert len(warnings) == expected and "errors always show" in caplog.text

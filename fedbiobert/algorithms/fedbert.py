@@ -18,7 +18,8 @@ with the GRAD at the cut directly (its scalars carry the loss).
 
 The server keeps each batch's graph until the client's GRAD comes back. That is valid because a
 server replica serves one client process at a time: one replica per client process
-(`--server_schedule parallel`) or one replica that client processes take turns with (`sequential`).
+(`--server_schedule parallel`) or one replica that client processes take turns with (`sequential`);
+`auto` (the default) picks parallel when the world has a server per client process.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 
 from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
                                         abandon_message, expect, loss_value, rows_at_masked, server_output)
+from fedbiobert.config import server_schedule_for
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
 
@@ -139,7 +141,7 @@ class FedBERT(Algorithm):
 
     @property
     def server_takes_turns(self) -> bool:
-        return self.config.server_schedule == "sequential"
+        return server_schedule_for(self.config, self.session.launch.world_size) == "sequential"
 
     def split(self, full_model):
         return split_model(full_model, self.config.num_client_encoder, self.config.head_placement)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedbiobert.aggregate import weighted_average
-from fedbiobert.checkpoint import config_record, export_round, save_resume_state
+from fedbiobert.checkpoint import config_record, export_round, prune_rounds, save_resume_state
 from fedbiobert.evaluation import ValidationSet
 from fedbiobert.metrics import Progress, RunReporter, mean
 from fedbiobert.model import build_joined_model, load_joined_state
@@ -92,8 +92,9 @@ class RoundWriter:
         model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
         summary = self._round_event(round_idx, pieces, self.validation.evaluate(model))
         state["run_seconds"] = summary["seconds"]
-        export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer, state)
+        export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer)
         save_resume_state(self.session.output_dir, state)
+        prune_rounds(self.session.output_dir, round_idx + 1, self.config.keep_exports)
         events = [event for piece in pieces for event in piece.events] + [summary]
         self.reporter.write_events(events)
         self.progress.round_end({key: summary[key] for key in ("round", "local_loss", "global_loss", "val_loss",

@@ -1,0 +1,189 @@
+"""Checks of a `Config` that need no files: `validate_static` (the options alone) and
+`validate_world` (against the launched world and its devices), plus fedbert's schedule resolved for
+a world. Each raises `ConfigError` with one line naming the bad value and what is accepted."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+from fedbiobert.config.options import Config, _require, parse_fl_aggregate, parse_gpu_ids
+
+logger = logging.getLogger(__name__)
+
+
+def validate_static(config: Config) -> None:
+    """Checks that need no processes and no files. Raises ConfigError."""
+    _validate_choices(config)
+    _validate_counts(config)
+    _validate_optimisation(config)
+    _validate_model_shape(config)
+    parse_fl_aggregate(config.fl_aggregate)
+    _validate_fault_injection(config)
+    _validate_server_output(config)
+    parse_gpu_ids(config.gpu_ids)
+
+
+def _validate_server_output(config: Config) -> None:
+    if config.server_output == "auto":
+        return
+    _require(config.is_split and config.head_placement == "client",
+             f"--server_output {config.server_output} applies to split algorithms (fedbiobert, fedbert) with "
+             f"--head_placement client only; this run has --algorithm {config.algorithm} --head_placement "
+             f"{config.head_placement} (accepted here: auto)")
+
+
+def _validate_fault_injection(config: Config) -> None:
+    if config.silo_timeout is not None:
+        _require(config.silo_timeout > 0, f"--silo_timeout {config.silo_timeout} must be positive (seconds)")
+    for (client_id, _), kind in config.fault_injections.items():
+        _require(client_id < config.n_clients, f"--inject_fault names client {client_id} but --n_clients is "
+                 f"{config.n_clients} (clients are numbered from 0)")
+        if kind == "stall":
+            _validate_stall(config, client_id)
+
+
+def _validate_stall(config: Config, client_id: int) -> None:
+    _require(config.silo_timeout is not None,
+             f"--inject_fault {client_id}:ROUND:stall needs --silo_timeout (a stall is what it cuts off)")
+    _require(config.silo_timeout < config.comm_timeout,
+             f"--inject_fault {client_id}:ROUND:stall stalls for --silo_timeout {config.silo_timeout:g}s, "
+             f"which must be under --comm_timeout {config.comm_timeout:g}s (else the server gives up first)")
+
+
+def _validate_choices(config: Config) -> None:
+    """argparse checks choices on the command line only; a --config file value lands here unchecked."""
+    for config_field in dataclasses.fields(Config):
+        choices, value = config_field.metadata["choices"], getattr(config, config_field.name)
+        _require(not choices or value in choices,
+                 f"--{config_field.name} '{value}' is not supported (accepted: {', '.join(choices)})")
+
+
+def _validate_counts(config: Config) -> None:
+    for name in ("n_clients", "n_comm_rounds", "n_local_rounds", "num_batch", "batch_size", "max_inflight",
+                 "min_clients"):
+        value = getattr(config, name)
+        _require(value >= 1, f"--{name} {value} must be at least 1")
+    _validate_servers(config)
+    _require(config.min_clients <= config.clients_per_round,
+             f"--min_clients {config.min_clients} exceeds the {config.clients_per_round} clients sampled per round "
+             f"(--n_clients {config.n_clients} x --participation_ratio {config.participation_ratio})")
+    if config.link_bandwidth_mbps is not None:
+        _require(config.link_bandwidth_mbps > 0, f"--link_bandwidth_mbps {config.link_bandwidth_mbps} must be positive")
+    _require(config.link_latency_ms >= 0, f"--link_latency_ms {config.link_latency_ms} must be 0 or more")
+    _require(0 < config.participation_ratio <= 1,
+             f"--participation_ratio {config.participation_ratio} is outside (0, 1]")
+    if round(config.n_clients * config.participation_ratio) == 0:
+        logger.warning("--participation_ratio %g of --n_clients %d rounds to 0 clients a round; sampling 1 "
+                       "client each round", config.participation_ratio, config.n_clients)
+    _require(config.num_workers >= 0, f"--num_workers {config.num_workers} must be 0 or more")
+    _require(config.val_blocks >= 0, f"--val_blocks {config.val_blocks} must be 0 or more")
+    _require(0 <= config.val_ratio < 0.5, f"--val_ratio {config.val_ratio} is outside [0, 0.5)")
+    _require(config.comm_timeout > 0, f"--comm_timeout {config.comm_timeout} must be positive")
+    _require(config.dirichlet_alpha > 0, f"--dirichlet_alpha {config.dirichlet_alpha} must be positive")
+    if config.stop_after_round is not None:
+        _require(1 <= config.stop_after_round <= config.n_comm_rounds,
+                 f"--stop_after_round {config.stop_after_round} is outside [1, --n_comm_rounds {config.n_comm_rounds}]")
+    if config.keep_exports is not None:
+        _require(config.keep_exports >= 1, f"--keep_exports {config.keep_exports} must be at least 1 "
+                 "(the last round's export is always kept; leave it out to keep every round's)")
+    if config.from_checkpoint_round is not None:
+        _require(config.from_checkpoint_round >= 1,
+                 f"--from_checkpoint_round {config.from_checkpoint_round} must be a round number >= 1")
+
+
+def _validate_optimisation(config: Config) -> None:
+    _require(config.lr > 0 and math.isfinite(config.lr), f"--lr {config.lr} must be a positive number")
+    _require(0 <= config.end_lr <= config.lr, f"--end_lr {config.end_lr} is outside [0, lr={config.lr}]")
+    _require(0 <= config.warmup_ratio < 1, f"--warmup_ratio {config.warmup_ratio} is outside [0, 1)")
+    _require(0 < config.mlm_probability < 1, f"--mlm_probability {config.mlm_probability} is outside (0, 1)")
+    _require(config.max_grad_norm >= 0, f"--max_grad_norm {config.max_grad_norm} must be 0 or more")
+    _require(config.weight_decay >= 0, f"--weight_decay {config.weight_decay} must be 0 or more")
+
+
+def _validate_servers(config: Config) -> None:
+    if config.is_split:
+        _require(config.num_servers >= 1,
+                 f"--num_device {config.num_device} must be at least 1 for --algorithm {config.algorithm}")
+    else:
+        _require(config.num_servers == 0, f"--num_device {config.num_device} must be 0 for --algorithm "
+                 f"{config.algorithm} (it has no server processes)")
+    if config.algorithm == "centralized":
+        _require(config.n_clients == 1, f"--n_clients {config.n_clients} must be 1 for --algorithm centralized "
+                 "(one process trains on all the data)")
+
+
+def _validate_model_shape(config: Config) -> None:
+    minimum_client = {"fedbiobert": 1, "fedbert": 0}.get(config.algorithm, 0)
+    _require(config.num_client_encoder >= minimum_client,
+             f"--num_client_encoder {config.num_client_encoder} must be at least {minimum_client} for "
+             f"--algorithm {config.algorithm}" + (" (the auxiliary loss trains client encoder layers)"
+                                                  if config.algorithm == "fedbiobert" else ""))
+    minimum_server = 1 if config.is_split else 0
+    _require(config.num_server_encoder >= minimum_server,
+             f"--num_server_encoder {config.num_server_encoder} must be at least {minimum_server} for "
+             f"--algorithm {config.algorithm}")
+    _require(config.num_layers >= 1, "the model needs at least one encoder layer "
+             "(--num_client_encoder + --num_server_encoder)")
+    _require(config.max_len >= 8, f"--max_len {config.max_len} must be at least 8")
+    if config.init_from is None:
+        for name in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
+            _require(getattr(config, name) >= 1, f"--{name} {getattr(config, name)} must be at least 1")
+        _require(config.hidden_size % config.num_attention_heads == 0,
+                 f"--hidden_size {config.hidden_size} is not divisible by "
+                 f"--num_attention_heads {config.num_attention_heads}")
+    if config.tokenizer is None:
+        from fedbiobert.data.tokenizer import MIN_VOCAB_SIZE
+        _require(config.vocab_size >= MIN_VOCAB_SIZE, f"--vocab_size {config.vocab_size} is too small to train "
+                 f"a tokenizer on the corpus (accepted: at least {MIN_VOCAB_SIZE}, or give --tokenizer)")
+
+
+def validate_world(config: Config, world_size: int, local_world_size: int, cuda_available: bool) -> None:
+    """Checks that depend on how many processes were launched and what devices exist."""
+    servers = config.num_servers
+    num_client_processes = world_size - servers
+    _require(num_client_processes >= 1,
+             f"--num_device {servers} server processes leave no client process in a world of "
+             f"{world_size} (launch at least {servers + 1} processes)")
+    _require(num_client_processes >= servers,
+             f"--num_device {servers} server processes but only {num_client_processes} client "
+             f"process(es): every server needs at least one client process (world size {world_size})")
+    if config.algorithm == "centralized":
+        _require(world_size == 1, f"--algorithm centralized runs on 1 process, not {world_size}")
+    schedule = server_schedule_for(config, world_size)
+    if config.algorithm == "fedbert" and schedule == "parallel":
+        _require(num_client_processes == servers,
+                 f"fedbert with --server_schedule parallel needs one server replica per client process: "
+                 f"--num_device {servers} but {num_client_processes} client processes (world size {world_size}; "
+                 f"launch {2 * servers} processes, or use --server_schedule sequential with --num_device 1)")
+    if config.algorithm == "fedbert" and schedule == "sequential":
+        _require(servers == 1, f"fedbert with --server_schedule sequential has one shared server: "
+                 f"--num_device {servers} must be 1" + (
+                     f" (or launch {2 * servers} processes for one server per client process)"
+                     if config.server_schedule == "auto" else ""))
+    _require(num_client_processes <= config.n_clients,
+             f"{num_client_processes} client processes but --n_clients {config.n_clients}: a process "
+             "would have no silo (launch fewer processes or raise --n_clients)")
+    if config.on_cuda:
+        _require(cuda_available, "--on_cuda True but CUDA is not available on this machine "
+                 "(use --on_cuda False for CPU and gloo)")
+    gpu_ids = config.gpu_id_list
+    if gpu_ids is not None:
+        _require(len(gpu_ids) == local_world_size,
+                 f"--gpu_ids '{config.gpu_ids}' has {len(gpu_ids)} id(s) but {local_world_size} processes "
+                 "run on this node (give one id per local process)")
+
+
+def server_schedule_for(config: Config, world_size: int) -> str:
+    """--server_schedule with auto resolved for this world: parallel when every client process has a server
+    of its own, else sequential (client processes take turns with one server)."""
+    if config.server_schedule != "auto":
+        return config.server_schedule
+    return "parallel" if world_size - config.num_servers == config.num_servers else "sequential"
+
+
+def resolve_for_world(config: Config, world_size: int) -> Config:
+    """The config a run of `world_size` processes uses: fedbert's --server_schedule auto made concrete."""
+    if config.algorithm != "fedbert":
+        return config
+    return dataclasses.replace(config, server_schedule=server_schedule_for(config, world_size))

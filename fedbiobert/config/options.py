@@ -1,0 +1,285 @@
+"""The option table of a run: every option's flag, default, meaning and accepted values (`Config`),
+the values derived from them, and the small parsers of structured option values.
+
+Booleans are written `True`/`False` as in the original FedBioBERT code.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedbiobert.constants import ARCHS, HEAD_PLACEMENTS, PARTITION_SCHEMES
+
+ALGORITHMS = ("fedbiobert", "fedbert", "fedavg", "centralized")
+SPLIT_ALGORITHMS = ("fedbiobert", "fedbert")  # the others train the full model on clients, with no server
+SERVER_SCHEDULES = ("auto", "parallel", "sequential")
+CLIENT_SEEDS = ("distinct", "shared")
+SERVER_OUTPUTS = ("auto", "full", "masked")
+COMM_DTYPES = ("fp32", "bf16", "fp16")
+AGGREGATE_WEIGHTINGS = ("samples", "uniform")
+# Flags of the original (image-oriented) code that mean nothing for text: accepted, then ignored.
+IGNORED_FLAGS = ("pn_normalize", "complex_arch", "world_conf")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _opt(default: Any, help: str, aliases: tuple[str, ...] = (), choices: tuple = (), group: str = "run"):
+    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices,
+                                            "group": group})
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- what is trained -------------------------------------------------------------------
+    algorithm: str = _opt("fedbiobert", "fedbiobert (local loss, async server); fedbert (split learning that "
+                          "waits for the server's gradient every step); fedavg (full model on every client); "
+                          "centralized (one process, all data)", choices=ALGORITHMS, group="model")
+    arch: str = _opt("bert", "model family", choices=ARCHS, group="model")
+    num_client_encoder: int = _opt(6, "encoder layers on the client (the cut)", group="model")
+    num_server_encoder: int = _opt(6, "encoder layers on the server", group="model")
+    hidden_size: int = _opt(768, "hidden size of a freshly initialised model", group="model")
+    num_attention_heads: int = _opt(12, "attention heads of a fresh model", group="model")
+    intermediate_size: int = _opt(3072, "feed-forward size of a fresh model", group="model")
+    vocab_size: int = _opt(30522, "vocabulary size when a tokenizer is trained on the corpus", group="model")
+    init_from: str | None = _opt(None, "start from this HF model folder instead of random weights",
+                                 group="model")
+    tokenizer: str | None = _opt(None, "a vocab.txt or HF tokenizer folder; default: train one on the corpus",
+                                 group="model")
+    head_placement: str = _opt("client", "where the final MLM head runs: client (labels never leave the silo)"
+                               " or server (labels of masked positions are sent; no reply needed)",
+                               choices=HEAD_PLACEMENTS, group="model")
+    server_output: str = _opt("auto", "head on the client: what the server sends back each step, its last hidden "
+                              "states at every position (full: FedBERT as published, four activation-sized "
+                              "transfers per step) or at the masked positions only (masked: the same loss and "
+                              "gradients in about --mlm_probability of the bytes); auto: full for fedbert, masked "
+                              "for fedbiobert", choices=SERVER_OUTPUTS, group="model")
+    # --- federation -------------------------------------------------------------------------
+    n_clients: int | None = _opt(None, "logical clients (silos) (default: 4; 1 for --algorithm centralized)",
+                                 group="federation")
+    participation_ratio: float = _opt(1.0, "fraction of clients sampled each round, in (0, 1]",
+                                      group="federation")
+    n_comm_rounds: int = _opt(10, "communication rounds", group="federation")
+    n_local_rounds: int = _opt(1, "local rounds per communication round", group="federation")
+    num_batch: int = _opt(100, "batches per client per local round", group="federation")
+    fedavg_embedding_head: bool = _opt(True, "average embeddings and MLM heads too (False: they stay"
+                                       " private to each client)", group="federation")
+    fedavg_server_model: bool = _opt(True, "average the server replicas each round", group="federation")
+    fl_aggregate: str = _opt("scheme=federated_average", "aggregation: scheme=federated_average"
+                             "[,weighting=samples|uniform]", group="federation")
+    num_device: int | None = _opt(None, "server processes, the first ranks (default: 1 for fedbiobert and "
+                                  "fedbert, 0 for fedavg and centralized)", aliases=("num_servers",),
+                                  group="federation")
+    server_schedule: str = _opt("auto", "fedbert: one server replica per client process (parallel) or one "
+                                "shared server that client processes take turns with (sequential); auto: parallel "
+                                "when the world has a server per client process, else sequential",
+                                choices=SERVER_SCHEDULES, group="federation")
+    client_seeds: str = _opt("distinct", "distinct: each silo its own sampling/masking/dropout seeds; shared: "
+                             "the same for every silo (controlled experiments)", choices=CLIENT_SEEDS,
+                             group="federation")
+    comm_dtype: str = _opt("fp32", "dtype of activations and gradients on the wire", choices=COMM_DTYPES,
+                           group="federation")
+    min_clients: int = _opt(1, "a round completes only if at least this many sampled clients report a usable "
+                            "update; otherwise the run stops at the last checkpoint", group="federation")
+    on_nonfinite: str = _opt("stop", "a client whose loss or update is NaN/inf: stop the run, or skip_client "
+                             "(its update is left out of the average)", choices=("stop", "skip_client"),
+                             group="federation")
+    silo_timeout: float | None = _opt(None, "seconds a sampled client may spend on its local training in a round; "
+                                      "one still training then is cut off at its next step and left out of the "
+                                      "round (a straggler), like a client that fails", group="federation")
+    inject_fault: str | None = _opt(None, "chaos testing: CLIENT:ROUND:KIND[,...] with KIND nan (the update is "
+                                    "poisoned after training), error (the client raises after its first step) or "
+                                    "stall (it stalls past --silo_timeout); 1-based rounds. Rehearses "
+                                    "--on_nonfinite, --silo_timeout and --min_clients", group="federation")
+    inject_nan_update: str | None = _opt(None, "chaos testing: CLIENT:ROUND[,...] is --inject_fault "
+                                         "CLIENT:ROUND:nan", group="federation")
+    max_inflight: int = _opt(4, "batches a client may run ahead of its server (client-head mode)",
+                             group="federation")
+    # --- optimisation -------------------------------------------------------------------
+    batch_size: int = _opt(16, "sequences per batch", group="optim")
+    max_len: int = _opt(128, "tokens per sequence (packed blocks)", group="optim")
+    lr: float = _opt(5e-4, "peak learning rate (AdamW)", group="optim")
+    end_lr: float = _opt(1e-6, "learning rate at the end of the polynomial decay", group="optim")
+    warmup_ratio: float = _opt(0.06, "fraction of steps of linear warm-up", group="optim")
+    weight_decay: float = _opt(0.01, "AdamW weight decay", group="optim")
+    max_grad_norm: float = _opt(1.0, "clip gradient norm per optimizer step (0: no clipping)", group="optim")
+    mlm_probability: float = _opt(0.15, "fraction of tokens masked", group="optim")
+    manual_seed: int = _opt(42, "seed of everything", group="optim")
+    same_seed_process: bool = _opt(True, "every process seeds its RNG with manual_seed (False: seed + rank)",
+                                   group="optim")
+    # --- data -----------------------------------------------------------------------------
+    data_dir: str = _opt("../shared/data/pretrain", "a .txt/.jsonl file or a folder of them", group="data")
+    partition_data: str = _opt("by_file", "how the corpus is split into silos", choices=PARTITION_SCHEMES,
+                               group="data")
+    dirichlet_alpha: float = _opt(0.5, "concentration of the dirichlet partition", group="data")
+    label_suffix: str = _opt(".specialty", "sidecar label file suffix used by --partition_data label",
+                             group="data")
+    val_ratio: float = _opt(0.01, "fraction of each file's documents held out for validation (whole documents, "
+                            "packed apart from the training blocks)", group="data")
+    val_blocks: int = _opt(512, "validation blocks evaluated at each round end, drawn from every file's held-out "
+                           "documents in proportion (0: no validation). 512 blocks of 128 tokens put the loss's "
+                           "standard error near 0.5%%; summary.json reports it", group="data")
+    cache_dir: str | None = _opt(None, "tokenizer and token cache (default ~/.cache/fedbiobert)", group="data")
+    num_workers: int = _opt(0, "data-loader worker processes per client process", group="data")
+    pin_memory: bool = _opt(False, "pin batches in memory (CUDA)", group="data")
+    # --- output and resume -------------------------------------------------------------------
+    output_dir: str = _opt("runs/fedbiobert", "where metrics, exports and checkpoints go",
+                           aliases=("checkpoint_save_dir",), group="output")
+    from_checkpoint: bool = _opt(False, "resume from output_dir/checkpoint", group="output")
+    from_checkpoint_round: int | None = _opt(None, "resume after round K instead (output_dir/checkpoint/round{K}.pt)",
+                                             group="output")
+    keep_exports: int | None = _opt(None, "keep only the last N round{k}/ exports and their round states "
+                                    "(--from_checkpoint_round can resume only from those; default: keep all)",
+                                    group="output")
+    stop_after_round: int | None = _opt(None, "exit cleanly after this round (e.g. to fit a job time limit); "
+                                        "continue later with --from_checkpoint True", group="output")
+    log_every: int = _opt(5, "log a line every this many steps when not on a terminal", group="output")
+    # --- devices and transport ----------------------------------------------------------------
+    on_cuda: bool = _opt(False, "use CUDA GPUs and NCCL", group="device")
+    gpu_ids: str | None = _opt(None, "comma-separated GPU id per local process, e.g. 0,1,2", group="device")
+    link_bandwidth_mbps: float | None = _opt(None, "emulate a WAN link of this many Mbit/s between each client "
+                                             "and its server (off by default)", group="device")
+    link_latency_ms: float = _opt(0.0, "one-way latency of the emulated link, in ms", group="device")
+    comm_timeout: float = _opt(600.0, "seconds any wait for a peer may take", group="device")
+    num_threads: int | None = _opt(None, "torch CPU threads per process (default: cores / local processes)",
+                                   group="device")
+
+    # ---------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if self.n_clients is None:  # implied by the algorithm, as --num_device is
+            object.__setattr__(self, "n_clients", 1 if self.algorithm == "centralized" else 4)
+
+    @property
+    def is_split(self) -> bool:
+        return self.algorithm in SPLIT_ALGORITHMS
+
+    @property
+    def num_servers(self) -> int:
+        if self.num_device is not None:
+            return self.num_device
+        return 1 if self.is_split else 0
+
+    @property
+    def link(self) -> dict | None:
+        if self.link_bandwidth_mbps is None and not self.link_latency_ms:
+            return None
+        return {"bandwidth_mbps": self.link_bandwidth_mbps, "latency_ms": self.link_latency_ms}
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_client_encoder + self.num_server_encoder
+
+    @property
+    def aggregate_weighting(self) -> str:
+        return parse_fl_aggregate(self.fl_aggregate)["weighting"]
+
+    @property
+    def server_sends_full_output(self) -> bool:
+        """Head on the client: the server's OUTPUT (and the client's GRAD) cover every position."""
+        if self.server_output == "auto":
+            return self.algorithm == "fedbert"
+        return self.server_output == "full"
+
+    @property
+    def wire_dtype(self):
+        import torch
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.comm_dtype]
+
+    @property
+    def fault_injections(self) -> dict[tuple[int, int], str]:
+        """(client_id, 0-based round) -> fault kind, from --inject_fault and --inject_nan_update."""
+        return {**parse_injections(self.inject_nan_update, "--inject_nan_update", default_kind="nan"),
+                **parse_injections(self.inject_fault, "--inject_fault")}
+
+    @property
+    def gpu_id_list(self) -> list[int] | None:
+        return parse_gpu_ids(self.gpu_ids)
+
+    @property
+    def steps_per_round(self) -> int:
+        """Optimizer steps one logical client takes in one communication round."""
+        return self.n_local_rounds * self.num_batch
+
+    @property
+    def total_steps(self) -> int:
+        return self.n_comm_rounds * self.steps_per_round
+
+    @property
+    def last_round(self) -> int:
+        """Rounds this invocation trains up to (1-based, inclusive)."""
+        return self.stop_after_round or self.n_comm_rounds
+
+    @property
+    def clients_per_round(self) -> int:
+        return max(1, round(self.n_clients * self.participation_ratio))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+BOOL_FIELDS = {f.name for f in dataclasses.fields(Config) if f.type in ("bool", bool)}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (accepted: True or False)")
+
+
+def parse_fl_aggregate(text: str) -> dict[str, str]:
+    """`scheme=federated_average,weighting=samples` -> dict; FedAvg is the only scheme."""
+    options = {"scheme": "federated_average", "weighting": "samples"}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in options:
+            raise ConfigError(f"--fl_aggregate '{text}' is not understood (accepted: "
+                              "scheme=federated_average[,weighting=samples|uniform])")
+        options[key] = value
+    if options["scheme"] not in ("federated_average", "fedavg"):
+        raise ConfigError(f"--fl_aggregate scheme '{options['scheme']}' is not supported "
+                          "(accepted: federated_average)")
+    if options["weighting"] not in AGGREGATE_WEIGHTINGS:
+        raise ConfigError(f"--fl_aggregate weighting '{options['weighting']}' is not supported "
+                          f"(accepted: {', '.join(AGGREGATE_WEIGHTINGS)})")
+    return options
+
+
+FAULT_KINDS = ("nan", "error", "stall")
+
+
+def parse_injections(text: str | None, flag: str, default_kind: str | None = None) -> dict[tuple[int, int], str]:
+    """'CLIENT:ROUND:KIND,...' (or 'CLIENT:ROUND,...' with a default kind) -> {(client, 0-based round): kind}."""
+    accepted = ("CLIENT:ROUND pairs with ROUND >= 1, e.g. 1:2,3:2" if default_kind else
+                f"CLIENT:ROUND:KIND with ROUND >= 1 and KIND one of {', '.join(FAULT_KINDS)}, e.g. 1:2:error")
+    faults = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        fields = item.split(":")
+        if default_kind is not None and len(fields) == 2:
+            fields.append(default_kind)
+        if not (len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit() and int(fields[1]) >= 1
+                and fields[2] in FAULT_KINDS):
+            raise ConfigError(f"{flag} '{text}' is not understood (accepted: {accepted})")
+        faults[(int(fields[0]), int(fields[1]) - 1)] = fields[2]
+    return faults
+
+
+def parse_gpu_ids(text: str | None) -> list[int] | None:
+    if text is None or str(text).strip() == "":
+        return None
+    cleaned = str(text).strip().strip("[]")
+    try:
+        return [int(part) for part in cleaned.replace(" ", ",").split(",") if part]
+    except ValueError:
+        raise ConfigError(f"--gpu_ids '{text}' is not a list of integers (accepted: e.g. 0,1,2)") from None

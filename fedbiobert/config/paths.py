@@ -1,0 +1,70 @@
+"""Checks of the files a run reads and writes (data, tokenizer, checkpoints, output and cache
+folders), run before any process group forms so a bad path or file fails with one line."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fedbiobert.config.options import Config, ConfigError, _require
+
+
+def validate_paths(config: Config) -> None:
+    """Checks of the files the run reads and writes (data, tokenizer, checkpoints, output and cache dirs),
+    including the content of every corpus file, so a bad file fails here and not while tokenizing."""
+    from fedbiobert.data import check_corpus_files, check_tokenizer, list_corpus_files
+    try:
+        check_corpus_files(list_corpus_files(config.data_dir), config.label_suffix)
+    except ValueError as error:
+        raise ConfigError(f"--data_dir: {error}") from None
+    _validate_writable_dir("--output_dir", config.output_dir)
+    if config.cache_dir is not None:
+        _validate_writable_dir("--cache_dir", config.cache_dir)
+    if config.tokenizer is not None:
+        try:
+            check_tokenizer(config.tokenizer)
+        except ValueError as error:
+            raise ConfigError(f"--tokenizer: {error}") from None
+    if config.init_from is not None:
+        _validate_init_from(config)
+    _validate_resume_paths(config)
+
+
+def _validate_writable_dir(flag: str, value: str) -> None:
+    """A folder the run may create or write into: not a file, under a writable folder."""
+    path = Path(value)
+    _require(not path.exists() or path.is_dir(), f"{flag} '{value}' exists and is not a directory")
+    existing = next(folder for folder in (path.absolute(), *path.absolute().parents) if folder.exists())
+    _require(existing.is_dir(), f"{flag} '{value}' cannot be created: '{existing}' is a file, not a directory")
+    _require(os.access(existing, os.W_OK | os.X_OK), f"{flag} '{value}' cannot be written: '{existing}' "
+             "is not writable (accepted: a folder you can write to)")
+
+
+def _validate_resume_paths(config: Config) -> None:
+    from fedbiobert.checkpoint import has_checkpoint, resume_state_path
+    if config.from_checkpoint or config.from_checkpoint_round is not None:
+        path = resume_state_path(config.output_dir, config.from_checkpoint_round)
+        _require(path.is_file(), f"cannot resume: '{path}' does not exist (train first, or drop "
+                 "--from_checkpoint / --from_checkpoint_round)")
+    else:
+        _require(not has_checkpoint(config.output_dir),
+                 f"--output_dir '{config.output_dir}' already holds a trained run; resume it with "
+                 "--from_checkpoint True or choose another --output_dir")
+
+
+def _validate_init_from(config: Config) -> None:
+    config_file = Path(config.init_from) / "config.json"
+    _require(config_file.is_file(),
+             f"--init_from '{config.init_from}' has no config.json (accepted: an HF model folder)")
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--init_from '{config_file}' is not readable JSON ({error})") from None
+    layers = hf_config.get("num_hidden_layers")
+    _require(layers == config.num_layers,
+             f"--num_client_encoder {config.num_client_encoder} + --num_server_encoder "
+             f"{config.num_server_encoder} = {config.num_layers} layers, but --init_from "
+             f"'{config.init_from}' has {layers}")
+    model_type = hf_config.get("model_type")
+    _require(model_type == config.arch,
+             f"--arch {config.arch} but --init_from '{config.init_from}' is a '{model_type}' model")

@@ -34,6 +34,7 @@ def test_cli_ner_centralized_on_real_ncbi(tmp_path, python):
     assert record["std"]["f1"] >= 0 and "| mean ± std |" in done.stdout
 
 
+@pytest.mark.slow
 def test_cli_classification_federated_dirichlet(tmp_path, capsys):
     output = tmp_path / "abstracts.json"
     main(["--data", str(ABSTRACTS), *tiny_model_args(SCIVOCAB), *SLICE, "--mode", "federated",
@@ -46,6 +47,7 @@ def test_cli_classification_federated_dirichlet(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_evaluate_every_round_export(tmp_path, capsys):
     run_dir = tmp_path / "run"
     spec = ModelSpec(arch="bert", vocab_size=31090, hidden_size=16, num_attention_heads=2, intermediate_size=32,

@@ -88,9 +88,10 @@ class RoundWriter:
                 f"(--min_clients {self.config.min_clients}); stopping at {kept}")
 
     def write(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
+        trained_until = time.time()  # the round's training ends here; validation and writing are not training
         state = self._resume_state(round_idx, pieces)
         model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
-        summary = self._round_event(round_idx, pieces, self.validation.evaluate(model))
+        summary = self._round_event(round_idx, pieces, self.validation.evaluate(model), trained_until)
         state["run_seconds"] = summary["seconds"]
         export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer)
         save_resume_state(self.session.output_dir, state)
@@ -132,10 +133,10 @@ class RoundWriter:
             export.update(weighted_average([private[cid] for cid in ids], weights))
         return export
 
-    def _round_event(self, round_idx: int, pieces: list[RoundPiece], validation) -> dict:
+    def _round_event(self, round_idx: int, pieces: list[RoundPiece], validation, trained_until: float) -> dict:
         """The round's summary event. round_seconds is training time: from the end of the last
         round's report to the end of this round's FedAvg (validation and writing excluded)."""
-        now = time.time()
+        now = trained_until
         round_seconds = now - self.round_started
         val_loss = validation.loss if validation is not None else None
         steps = [event for piece in pieces for event in piece.events if event["event"] == "step"]

@@ -127,7 +127,8 @@ def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: s
         "- **link overhead**: s/round with the link / the same run's without (1.00x: the link costs nothing). "
         "A speed-up over an emulated link depends on how fast the machine computes (a faster machine spends "
         "a larger share of the round on the link); this ratio and the next depend on it far less.",
-        "- **of stage bound**: the like-for-like speed-up as a share of what the run's own stage times allow: "
+        "- **of stage bound** (fedbiobert without a link): the like-for-like speed-up as a share of what the "
+        "run's own stage times allow: "
         "FedBERT's serial compute per round (client + server) / this run's busiest process's compute per "
         "round (100%: every bit of overlap the stages allow).",
         "- **s to target**: cumulative training seconds until the validation loss first reaches the final "

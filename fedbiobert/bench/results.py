@@ -15,9 +15,10 @@ Timing conventions (repeated in results.md):
   fedbert-0-L-serverhead; on the client, and for full-model algorithms: fedbert-0-L).
 - link_overhead = this run's seconds_per_round / the same entry's without a link (how much the link
   costs it, a ratio that depends much less on the machine's compute speed than a speed-up over a link).
-- stage_bound: what the run's own measured compute allows, FedBERT's serial compute per round (client +
-  server, the like-for-like baseline's) / this run's busiest stage (the largest per-process compute);
-  bound_fraction = speedup_like_for_like / stage_bound (1.0: all the overlap the stages allow).
+- stage_bound (fedbiobert runs without a link): what the run's own measured compute allows, FedBERT's
+  serial compute per round (client + server, the like-for-like baseline's) / this run's busiest stage
+  (the largest per-process compute); bound_fraction = speedup_like_for_like / stage_bound (1.0: all
+  the overlap the stages allow).
 - seconds_to_target: cumulative training seconds at the first round end whose validation loss is at
   or below the target, the final validation loss of the published FedBERT (fedbert-0-L, no link); None
   when the run never reaches it (reached_target False).
@@ -171,10 +172,13 @@ def _ratio(baseline_seconds: float | None, row: dict, usable: bool) -> float | N
 
 
 def _add_bound(row: dict, baseline: dict | None) -> None:
-    """stage_bound and bound_fraction for runs with a server stage (fedbiobert, fedbert k-(L-k))."""
+    """stage_bound and bound_fraction for fedbiobert runs without a link. With a link the round is
+    bounded by transfers as much as by compute, which this compute bound does not model (the link
+    overhead column covers those runs); FedBERT variants overlap nothing, so have no such bound."""
     row["stage_bound"] = row["bound_fraction"] = None
     stages, base_stages = row.get("stage_compute"), (baseline or {}).get("stage_compute")
-    if not stages or not base_stages or not stages.get("server") or row is baseline or not stages["busiest"]:
+    if row.get("algorithm") != "fedbiobert" or row.get("link") is not None or not stages or not base_stages \
+            or not stages["busiest"]:
         return
     row["stage_bound"] = (base_stages["client"] + base_stages["server"]) / stages["busiest"]
     if row.get("speedup_like_for_like"):

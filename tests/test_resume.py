@@ -41,6 +41,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, small_corpus
     assert _losses(tmp_path / "split", 1) == _losses(tmp_path / "whole", 1)
 
 
+@pytest.mark.slow  # the bad-input catalogue's "fresh run over a trained one" covers it in-process
 def test_fresh_run_refuses_an_output_dir_holding_a_checkpoint(tmp_path, small_corpus):
     cache = tmp_path / "cache"
     args = [*COMMON, "--n_comm_rounds", "1", "--data_dir", str(small_corpus), "--output_dir", str(tmp_path / "o")]

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     topology = Topology(launch.world_size, config.num_servers, config.n_clients, config.clients_per_round,
                         config.manual_seed)
     setup_logging(rank, topology.role(rank).value)
-    groups = init_distributed(launch, topology, config.on_cuda, config.comm_timeout)
+    groups = init_distributed(launch, topology, config.on_cuda, config.comm_timeout, config.round_timeout)
     role = None
     try:
         # A resumed run's clock continues where the checkpoint's left off: event times, the plot's

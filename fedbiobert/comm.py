@@ -65,9 +65,14 @@ class ProcessGroups:
     link: dict[int, object]          # server rank -> gloo group {server} + its client processes
     clients: object                  # all client processes: FedAvg of client parts
     servers: object                  # all server processes: FedAvg of server replicas
+    round_end: object = None         # gloo over all ranks, timeout --round_timeout: the round-end meeting
 
 
-def init_distributed(launch: LaunchInfo, topology: Topology, on_cuda: bool, timeout_s: float) -> ProcessGroups:
+def init_distributed(launch: LaunchInfo, topology: Topology, on_cuda: bool, timeout_s: float,
+                     round_timeout_s: float | None = None) -> ProcessGroups:
+    """Every group, created in the same order on every rank. Each group's timeout bounds every wait
+    on it: --comm_timeout for exchanges and FedAvg, and --round_timeout for the one group whose
+    barrier waits for a whole round (Collectives.round_barrier)."""
     timeout = datetime.timedelta(seconds=timeout_s)
     backend = "nccl" if on_cuda else "gloo"
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -80,7 +85,8 @@ def init_distributed(launch: LaunchInfo, topology: Topology, on_cuda: bool, time
     clients = dist.new_group(topology.client_ranks, backend=backend, timeout=timeout)
     # new_group([]) would mean "every rank": a world without servers has no server group.
     servers = dist.new_group(topology.server_ranks, backend=backend, timeout=timeout) if topology.num_servers else None
-    return ProcessGroups(backend, cpu, link, clients, servers)
+    round_end = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=round_timeout_s or timeout_s))
+    return ProcessGroups(backend, cpu, link, clients, servers, round_end)
 
 
 def shutdown() -> None:
@@ -279,6 +285,17 @@ class Collectives:
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.groups.cpu)
         return box[0]
+
+    @_collective("the round-end meeting of every process (within --round_timeout)")
+    def round_barrier(self) -> None:
+        """Every rank meets here once its part of the round is done, before the round-end
+        collectives. Why: processes finish a round at different times (a client process may have
+        drawn no silo this round, another three; a server drains its last batches), and the FedAvg
+        all-reduces are bounded by --comm_timeout, which sizes one exchange, not a round. This
+        barrier runs on a group of its own whose timeout is --round_timeout, so the all-reduces
+        that follow start together. A dead peer is still noticed sooner: torchrun stops the job
+        when a worker exits, and a server waiting on a hung client times out at --comm_timeout."""
+        dist.barrier(group=self.groups.round_end)
 
     @_collective("waiting for local rank 0 to prepare the data")
     def long_barrier(self, timeout_s: float = 3 * 3600) -> None:

@@ -227,6 +227,7 @@ CATALOGUE = {
         lambda t, c: ["--head_placement", "server", "--server_output", "masked"],
         "--server_output masked applies to split algorithms (fedbiobert, fedbert) with --head_placement client only"),
     "silo_timeout not positive": Bad(lambda t, c: ["--silo_timeout", "0"], "--silo_timeout 0.0 must be positive"),
+    "round_timeout not positive": Bad(lambda t, c: ["--round_timeout", "-1"], "--round_timeout -1.0 must be positive"),
     "max_len too small": Bad(lambda t, c: ["--max_len", "4"], "--max_len 4 must be at least 8"),
     "fl_aggregate unknown scheme": Bad(lambda t, c: ["--fl_aggregate", "scheme=median"],
                                        "--fl_aggregate scheme 'median' is not supported"),

@@ -80,6 +80,7 @@ def _validate_counts(config: Config) -> None:
     _require(config.val_blocks >= 0, f"--val_blocks {config.val_blocks} must be 0 or more")
     _require(0 <= config.val_ratio < 0.5, f"--val_ratio {config.val_ratio} is outside [0, 0.5)")
     _require(config.comm_timeout > 0, f"--comm_timeout {config.comm_timeout} must be positive")
+    _require(config.round_timeout > 0, f"--round_timeout {config.round_timeout} must be positive")
     _require(config.dirichlet_alpha > 0, f"--dirichlet_alpha {config.dirichlet_alpha} must be positive")
     if config.stop_after_round is not None:
         _require(1 <= config.stop_after_round <= config.n_comm_rounds,

@@ -150,6 +150,9 @@ class Config:
                                              "and its server (off by default)", group="device")
     link_latency_ms: float = _opt(0.0, "one-way latency of the emulated link, in ms", group="device")
     comm_timeout: float = _opt(600.0, "seconds any wait for a peer may take", group="device")
+    round_timeout: float = _opt(86400.0, "seconds a process that finished its part of a round may wait for the "
+                                "others at the round end (a round-sized bound: one process may have drawn no silo, "
+                                "another several)", group="device")
     num_threads: int | None = _opt(None, "torch CPU threads per process (default: cores / local processes)",
                                    group="device")
 

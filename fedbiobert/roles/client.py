@@ -82,10 +82,12 @@ class ClientProcess(RoleProcess):
             self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
             if self.algorithm.server_takes_turns:
                 self._wait_for(Control.ROUND_END, round_idx)  # the others' turns: not a dead peer
+        self._upload_client_parts(len(trained_silos), weighted_sum.nbytes)  # overlaps the server's drain
+        self.session.collectives.round_barrier()  # paired with every rank's call
         averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
         if averaged is not None:
             self.global_state.update(averaged)
-        self._account_model_exchange(len(trained_silos), weighted_sum.nbytes)
+        self._download_average(len(trained_silos), weighted_sum.nbytes)
         if self.channel is not None:
             self.channel.flush()  # only now: the server drains our last batches during the model exchange
 
@@ -102,21 +104,30 @@ class ClientProcess(RoleProcess):
                 raise RuntimeError(f"protocol error: expected {control.name} of round {round_idx + 1} from "
                                    f"server rank {self.server_rank}, got {message.kind.name} {message.control.name}")
 
-    def _account_model_exchange(self, num_silos: int, state_bytes: int) -> None:
-        """Count each trained silo's upload and download of the federated client part, and on an
-        emulated link spend the time those transfers would take (silos in parallel, a link each)."""
-        if self.config.algorithm == "centralized":
-            return  # one process, no aggregator: nothing is exchanged
+    def _upload_client_parts(self, num_silos: int, state_bytes: int) -> None:
+        """Count each trained silo's upload of the federated client part and, on an emulated link,
+        spend the time it would take. Each silo (hospital) has its own link, so the silos of this
+        process upload in parallel: one upload, queued behind the activations still on this
+        process's link (the server drains those meanwhile)."""
+        if self.config.algorithm == "centralized" or not num_silos:
+            return  # one process, no aggregator (or nothing trained here): nothing is exchanged
         for _ in range(num_silos):
             self.byte_counter.add_model_exchange("sent", state_bytes)
+        if self.link is not None:
+            self._spend(max(0.0, self._upload_arrival(state_bytes) - time.time()))
+
+    def _download_average(self, num_silos: int, state_bytes: int) -> None:
+        """Once every upload is in, each trained silo downloads the averaged client part."""
+        if self.config.algorithm == "centralized" or not num_silos:
+            return
+        for _ in range(num_silos):
             self.byte_counter.add_model_exchange("received", state_bytes)
-        if self.link is not None and num_silos:
-            # Each silo (hospital) has its own link, so the silos of this process exchange in
-            # parallel: one upload, queued behind the activations still on this process's link, and
-            # once every upload is in, one download of the averaged client part.
-            delay = max(0.0, self._upload_arrival(state_bytes) - time.time()) + self.link.transfer_seconds(state_bytes)
-            time.sleep(delay)
-            self.extra_comm_seconds += delay
+        if self.link is not None:
+            self._spend(self.link.transfer_seconds(state_bytes))
+
+    def _spend(self, seconds: float) -> None:
+        time.sleep(seconds)
+        self.extra_comm_seconds += seconds
 
     def _upload_arrival(self, state_bytes: int) -> float:
         """When an upload of the client part posted now would reach the aggregator."""

@@ -33,6 +33,7 @@ class RoleProcess(ABC):
         self.channel = None  # set by a role that talks to peers
         self._local_bytes = ByteCounter()  # used when there is no channel (fedavg, centralized)
         self.extra_comm_seconds = 0.0  # emulated model-exchange transfers (not in the channel)
+        self.extra_wait_seconds = 0.0  # at the round-end barrier, waiting for the other processes
         self._round_seconds = 0.0
         self._seconds_before = {"wait": 0.0, "comm": 0.0}
 
@@ -48,6 +49,13 @@ class RoleProcess(ABC):
             self._round_seconds = time.perf_counter() - started
             self.end_round(round_idx)
 
+    def meet_at_round_end(self) -> None:
+        """Every rank calls this once per round, after its part of the round and before FedAvg
+        (Collectives.round_barrier); the time spent there is waiting, not compute."""
+        started = time.perf_counter()
+        self.session.collectives.round_barrier()
+        self.extra_wait_seconds += time.perf_counter() - started
+
     @abstractmethod
     def train_round(self, round_idx: int) -> None:
         """Train this round and finish its FedAvg (a collective within the role)."""
@@ -60,6 +68,7 @@ class RoleProcess(ABC):
         """This round's seconds: blocked on peers (wait), sending (comm), and the rest (compute)."""
         totals = dict(self.channel.seconds) if self.channel is not None else {"wait": 0.0, "comm": 0.0}
         totals["comm"] += self.extra_comm_seconds
+        totals["wait"] += self.extra_wait_seconds
         delta = {key: totals[key] - self._seconds_before[key] for key in totals}
         self._seconds_before = totals
         delta["compute"] = max(0.0, self._round_seconds - delta["wait"] - delta["comm"])

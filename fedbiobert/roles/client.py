@@ -83,7 +83,7 @@ class ClientProcess(RoleProcess):
             if self.algorithm.server_takes_turns:
                 self._wait_for(Control.ROUND_END, round_idx)  # the others' turns: not a dead peer
         self._upload_client_parts(len(trained_silos), weighted_sum.nbytes)  # overlaps the server's drain
-        self.session.collectives.round_barrier()  # paired with every rank's call
+        self.meet_at_round_end()  # paired with every rank's call
         averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
         if averaged is not None:
             self.global_state.update(averaged)

@@ -50,7 +50,7 @@ class ServerProcess(RoleProcess):
 
     def train_round(self, round_idx: int) -> None:
         samples = self._train_replica(round_idx)
-        self.session.collectives.round_barrier()  # paired with every rank's call
+        self.meet_at_round_end()  # paired with every rank's call
         self.average_replicas(samples)
 
     def _train_replica(self, round_idx: int) -> int:

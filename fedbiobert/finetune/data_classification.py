@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedbiobert.finetune.errors import InputError
+from fedbiobert.finetune.splits import read_split_folder
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +52,8 @@ def read_csv(path: Path) -> list[Document]:
 
 def read_classification_folder(folder: Path) -> dict:
     """{'train', 'test'[, 'dev'], '<split>_path', 'names'}; InputError for a missing or empty split."""
-    splits: dict = {}
-    for split, names in SPLIT_FILES.items():
-        path = next((folder / name for name in names if (folder / name).is_file()), None)
-        if path is None:
-            if split == "dev":
-                continue
-            raise InputError(f"classification folder '{folder}' has no {names[0]} (accepted: a folder with "
-                             "train.csv and test.csv with label,text columns)")
-        splits[split] = read_csv(path)
-        if not splits[split]:
-            raise InputError(f"{path}: the {split} split is empty (no rows)")
-        splits[split + "_path"] = path
+    splits = read_split_folder(folder, SPLIT_FILES, read_csv, "classification",
+                               "a folder with train.csv and test.csv with label,text columns", "rows")
     splits["names"] = read_label_names(folder / "labels.csv")
     return splits
 

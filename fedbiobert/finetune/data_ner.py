@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fedbiobert.data.tokenizer import block_end_id, block_start_id
 from fedbiobert.finetune.errors import InputError
+from fedbiobert.finetune.splits import read_split_folder
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +77,8 @@ def _parse_line(path: Path, number: int, line: str) -> tuple[str, str]:
 
 def read_ner_folder(folder: Path) -> dict[str, list[Sentence]]:
     """{'train', 'test'[, 'dev']}: sentences of each split; InputError for a missing or empty split."""
-    splits = {}
-    for split, names in SPLIT_FILES.items():
-        path = next((folder / name for name in names if (folder / name).is_file()), None)
-        if path is None:
-            if split == "dev":
-                continue
-            raise InputError(f"NER folder '{folder}' has no {names[0]} (accepted: a folder with train.tsv, "
-                             "test.tsv and optionally devel.tsv)")
-        splits[split] = read_conll(path)
-        if not splits[split]:
-            raise InputError(f"{path}: the {split} split is empty (no sentences)")
-        splits[split + "_path"] = path
-    return splits
+    return read_split_folder(folder, SPLIT_FILES, read_conll, "NER",
+                             "a folder with train.tsv, test.tsv and optionally devel.tsv", "sentences")
 
 
 def label_list(train: list[Sentence]) -> list[str]:

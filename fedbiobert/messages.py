@@ -47,8 +47,7 @@ class Control(IntEnum):
     ABANDON = 2     # client -> server: the silo failed; drop the batch of this step awaiting its GRAD
     # A server that takes turns (fedbert --server_schedule sequential) -> its client processes:
     TURN = 3        # your turn this round starts now: train your silos
-    WAITING = 4     # still serving another process; I am alive (sent while you wait for TURN/ROUND_END)
-    ROUND_END = 5   # every process has had its turn: go on to the round's FedAvg
+    WAITING = 4     # still serving another process; I am alive (sent while you wait for TURN)
 
 
 @dataclass

@@ -8,15 +8,21 @@ from tests.launch import TINY_MODEL, torchrun
 COMM_TIMEOUT = 3
 
 
-def test_turns_longer_than_comm_timeout_do_not_time_out(tmp_path, small_corpus):
-    args = [*TINY_MODEL, "--algorithm", "fedbert", "--server_schedule", "sequential", "--num_client_encoder", "1",
-            "--num_server_encoder", "1", "--n_clients", "2", "--n_comm_rounds", "2", "--num_batch", "250",
-            "--comm_timeout", str(COMM_TIMEOUT), "--num_threads", "1", "--data_dir", str(small_corpus),
-            "--output_dir", str(tmp_path / "out")]
+def _run_two_rounds(tmp_path, corpus, *options) -> dict:
+    """3 processes (1 server, 2 client processes), 2 silos, 2 rounds, --comm_timeout 3: the summary."""
+    args = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "1", "--n_clients", "2",
+            "--n_comm_rounds", "2", "--comm_timeout", str(COMM_TIMEOUT), "--num_threads", "1",
+            "--data_dir", str(corpus), "--output_dir", str(tmp_path / "out"), *options]
     result = torchrun(3, args, tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["rounds_completed"] == 2
+    return summary
+
+
+def test_turns_longer_than_comm_timeout_do_not_time_out(tmp_path, small_corpus):
+    summary = _run_two_rounds(tmp_path, small_corpus, "--algorithm", "fedbert", "--server_schedule", "sequential",
+                              "--num_batch", "250")
     # the second process waited for the whole first turn: longer than --comm_timeout, or the test shows nothing
     first_turn = [r["time_breakdown"]["client"]["max_elapsed"] for r in summary["rounds"]]
     assert all(seconds > 2 * COMM_TIMEOUT for seconds in first_turn), first_turn
@@ -26,14 +32,7 @@ def test_a_process_without_a_silo_waits_for_the_round_longer_than_comm_timeout(t
     """2 silos on 2 client processes, one drawn per round: the other process has nothing to train and
     waits for the whole round at the round end (before the FedAvg all-reduce, which alone would time
     out after --comm_timeout)."""
-    args = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "1", "--n_clients", "2",
-            "--participation_ratio", "0.5", "--n_comm_rounds", "2", "--num_batch", "600",
-            "--comm_timeout", str(COMM_TIMEOUT), "--num_threads", "1", "--data_dir", str(small_corpus),
-            "--output_dir", str(tmp_path / "out")]
-    result = torchrun(3, args, tmp_path / "cache")
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["rounds_completed"] == 2
+    summary = _run_two_rounds(tmp_path, small_corpus, "--participation_ratio", "0.5", "--num_batch", "600")
     assert all(r["clients_sampled"] == 1 for r in summary["rounds"])
-    assert all(r["round_seconds"] > 2 * COMM_TIMEOUT for r in summary["rounds"]), [r["round_seconds"] for r in
-                                                                                   summary["rounds"]]
+    seconds = [r["round_seconds"] for r in summary["rounds"]]
+    assert all(value > 2 * COMM_TIMEOUT for value in seconds), seconds

@@ -65,7 +65,7 @@ class ClientProcess(RoleProcess):
         weighted_sum = WeightedSum(self.global_state, self.federated_keys)
         trained_silos = self.topology.clients_for(self.rank, round_idx)
         if self.algorithm.server_takes_turns:
-            self._wait_for(Control.TURN, round_idx)
+            self._wait_for_turn(round_idx)
         self.silos_sampled, self.silos_reported = len(trained_silos), 0
         for client_id in trained_silos:
             self._load_client(client_id)
@@ -80,8 +80,6 @@ class ClientProcess(RoleProcess):
         if self.channel is not None:
             # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
             self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
-            if self.algorithm.server_takes_turns:
-                self._wait_for(Control.ROUND_END, round_idx)  # the others' turns: not a dead peer
         self._upload_client_parts(len(trained_silos), weighted_sum.nbytes)  # overlaps the server's drain
         self.meet_at_round_end()  # paired with every rank's call
         averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
@@ -91,18 +89,18 @@ class ClientProcess(RoleProcess):
         if self.channel is not None:
             self.channel.flush()  # only now: the server drains our last batches during the model exchange
 
-    def _wait_for(self, control: Control, round_idx: int) -> None:
-        """Wait for the server's TURN or ROUND_END (see roles/server.py for the pairing). The server
-        sends WAITING at least every --comm_timeout / 4 s (plus one exchange) while it serves
-        another process, so each single receive stays bounded by --comm_timeout and a dead server
-        is still noticed; the whole wait is bounded only by the other processes' turns."""
+    def _wait_for_turn(self, round_idx: int) -> None:
+        """Wait for the server's TURN (see roles/server.py for the pairing). The server sends
+        WAITING at least every --comm_timeout / 4 s (plus one exchange) while it serves an earlier
+        process, so each single receive stays bounded by --comm_timeout and a dead server is still
+        noticed; the whole wait is bounded only by the earlier processes' turns."""
         while True:
             message = self.channel.recv(self.server_rank)
-            if message.kind is Kind.CONTROL and message.control is control and message.round == round_idx:
+            if message.kind is Kind.CONTROL and message.control is Control.TURN and message.round == round_idx:
                 return
             if not (message.kind is Kind.CONTROL and message.control is Control.WAITING):
-                raise RuntimeError(f"protocol error: expected {control.name} of round {round_idx + 1} from "
-                                   f"server rank {self.server_rank}, got {message.kind.name} {message.control.name}")
+                raise RuntimeError(f"protocol error: expected TURN of round {round_idx + 1} from server rank "
+                                   f"{self.server_rank}, got {message.kind.name} {message.control.name}")
 
     def _upload_client_parts(self, num_silos: int, state_bytes: int) -> None:
         """Count each trained silo's upload of the federated client part and, on an emulated link,

@@ -6,15 +6,16 @@ across server processes. (No message of the next round can arrive early: a clien
 the next round only after the round-end gather, which this server joins after this loop.)
 
 A server that takes turns (fedbert --server_schedule sequential) serves its client processes one
-at a time. A process waiting for its turn, or for the others' turns to end, is not waiting on a
-dead peer, so that wait must not be bounded by --comm_timeout as one exchange is. Pairing, per
-round:
+at a time. A process waiting for its turn is not waiting on a dead peer, so that wait must not be
+bounded by --comm_timeout as one exchange is. Pairing, per round:
 
     server                                   client process p (in rank order)
     TURN      --> p                          wait_for(TURN)   (WAITING messages keep it waiting)
     serve p until its ROUND_DONE    <--      train its silos, ROUND_DONE
-    WAITING   --> every other process, at most every --comm_timeout / 4 s, while serving p
-    ROUND_END --> every process              wait_for(ROUND_END), then FedAvg
+    WAITING   --> the processes whose turn is still to come, at most every --comm_timeout / 4 s
+
+A process whose turn is over waits for the others at the round-end barrier, which every schedule
+shares (Collectives.round_barrier, bounded by --round_timeout).
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class ServerProcess(RoleProcess):
     def _serve(self, trainer, round_idx: int, still_sending: set[int], source: int | None,
                waiting: tuple[int, ...] = ()) -> None:
         """Hand messages to the trainer until every client in `still_sending` said ROUND_DONE;
-        processes in `waiting` (their turn is before or after) hear WAITING now and then."""
+        processes in `waiting` (their turn is still to come) hear WAITING now and then."""
         last_keepalive = time.monotonic()
         while still_sending:
             message = self.channel.recv(source)
@@ -86,11 +87,10 @@ class ServerProcess(RoleProcess):
                 last_keepalive = time.monotonic()
 
     def _serve_in_turns(self, trainer, round_idx: int) -> None:
-        for client_rank in self.client_ranks:
-            self._tell([client_rank], Control.TURN, round_idx)  # paired with ClientProcess._wait_for
-            others = tuple(rank for rank in self.client_ranks if rank != client_rank)
-            self._serve(trainer, round_idx, {client_rank}, source=client_rank, waiting=others)
-        self._tell(self.client_ranks, Control.ROUND_END, round_idx)  # paired with ClientProcess._wait_for
+        for turn, client_rank in enumerate(self.client_ranks):
+            self._tell([client_rank], Control.TURN, round_idx)  # paired with ClientProcess._wait_for_turn
+            later = tuple(self.client_ranks[turn + 1:])
+            self._serve(trainer, round_idx, {client_rank}, source=client_rank, waiting=later)
 
     def _tell(self, client_ranks, control: Control, round_idx: int) -> None:
         for client_rank in client_ranks:

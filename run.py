@@ -3,8 +3,12 @@
     fedbiobert-run --nproc_per_node 3 --num_client_encoder 2 --num_server_encoder 2 ...
     torchrun --standalone --nproc_per_node 3 run.py --num_client_encoder 2 --num_server_encoder 2 ...
 
+    mpirun -np 3 python run.py ...            srun --ntasks 3 python run.py ...
+    deepspeed --hostfile hostfile run.py ...
+
 Every process runs this file (fedbiobert-run checks the options once, then starts torchrun's agent
-on it). Ranks 0..num_device-1 become servers, the rest client processes.
+on it; launch/ and slurm/ hold scripts for the other launchers). Ranks 0..num_device-1 become
+servers, the rest client processes.
 Bad options fail here, on every rank, before any process group is formed or anything is written.
 """
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sys
 import time
 
 from fedbiobert.algorithms import build_algorithm
-from fedbiobert.comm import PeerError, init_distributed, launch_info_from_env, shutdown
+from fedbiobert.comm import LaunchError, PeerError, init_distributed, launch_info_from_env, shutdown
 from fedbiobert.config import ConfigError
 from fedbiobert.checkpoint import prepare_output_dir
 from fedbiobert.logs import setup_logging, warnings_from_rank0
@@ -57,7 +61,11 @@ def report_failure(error: Exception, topology: Topology, launch, role) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     started = time.time()
-    rank = launch_info_from_env().rank
+    try:
+        rank = launch_info_from_env().rank
+    except LaunchError as error:  # the launcher's variables are unreadable: every rank says so
+        print(f"run.py: error: {error}", file=sys.stderr)
+        return 2
     setup_logging(rank)
     try:
         with warnings_from_rank0(rank):  # every rank meets the same start-up warnings: say them once
@@ -71,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     topology = Topology(launch.world_size, config.num_servers, config.n_clients, config.clients_per_round,
                         config.manual_seed)
     setup_logging(rank, topology.role(rank).value)
-    groups = init_distributed(launch, topology, config.on_cuda, config.comm_timeout, config.round_timeout)
+    try:
+        groups = init_distributed(launch, topology, config.on_cuda, config.comm_timeout, config.round_timeout,
+                                  config.backend)
+    except LaunchError as error:  # MPI across nodes with no way to agree on rank 0's address
+        print(f"run.py: error: {error}", file=sys.stderr)
+        return 2
     role = None
     try:
         # A resumed run's clock continues where the checkpoint's left off: event times, the plot's

@@ -1,6 +1,7 @@
 """The only module that touches torch.distributed.
 
-- `init_distributed`: rank/world from torchrun, SLURM or MPI environment variables; process groups.
+- `launch_info_from_env`: rank, world and rendezvous address from torchrun, DeepSpeed, Open MPI,
+  MPICH / Intel MPI or SLURM variables; `init_distributed`: the process groups.
 - `Channel`: typed point-to-point messages (header + tensors, see messages.py) between a server and
   its client processes, with byte accounting per kind and direction and a timeout on every wait.
 - `Collectives`: the few collectives the round end needs (sum all-reduce, gather/broadcast objects).
@@ -40,12 +41,14 @@ posts without first waiting on that receiver.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 import logging
 import os
 import queue
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -65,27 +68,161 @@ class PeerError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # Environment and process groups
 # ------------------------------------------------------------------------------------------------
+# Launchers, in the order their variables are read. torchrun and the DeepSpeed launcher set RANK and
+# WORLD_SIZE (and MASTER_ADDR/PORT) themselves; an MPI launcher started inside a SLURM allocation
+# also leaves SLURM_PROCID in the environment (that of the batch step), so MPI variables come before
+# SLURM's. Each: (name, rank, world size, local rank, local world size).
+LAUNCHER_VARIABLES = (
+    ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+    ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+     "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ("mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),  # MPICH's and Intel MPI's Hydra
+    ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", None),
+)
+# Variables that name one job, whatever the launcher: a port derived from them is the same on every
+# rank of the job and differs between jobs sharing a node.
+JOB_ID_VARIABLES = ("SLURM_JOB_ID", "PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "PMI_KVSNAME")
+PORT_RANGE = (20000, 60000)
+DEFAULT_PORT = 29500
+
+
+class LaunchError(ValueError):
+    """The launch environment is inconsistent or incomplete; the message is one line."""
+
+
 @dataclass(frozen=True)
 class LaunchInfo:
     rank: int
     world_size: int
     local_rank: int
     local_world_size: int
+    launcher: str = "single process"
+    # where rank 0 listens (torch's MASTER_ADDR/MASTER_PORT); None when only the ranks themselves can
+    # agree on it (MPI across nodes: see `agree_master_addr`)
+    master_addr: str | None = "127.0.0.1"
+    master_port: int = DEFAULT_PORT
+
+    @property
+    def single_node(self) -> bool:
+        return self.local_world_size == self.world_size
 
 
 def launch_info_from_env(env: dict[str, str] | None = None) -> LaunchInfo:
-    """Rank and world from torchrun, then SLURM, then Open MPI variables; a lone process otherwise."""
+    """Rank, world and rendezvous address from torchrun or the DeepSpeed launcher, Open MPI, MPICH /
+    Intel MPI, or SLURM srun (one task per rank); a lone process otherwise. Reads only `env`."""
     env = os.environ if env is None else env
-    for rank_key, world_key, local_key, local_world_key in (
-            ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
-            ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
-            ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-             "OMPI_COMM_WORLD_LOCAL_SIZE")):
+    for name, rank_key, world_key, local_key, local_world_key in LAUNCHER_VARIABLES:
         if rank_key in env and world_key in env:
-            world_size = int(env[world_key])
-            local_world = env.get(local_world_key, str(world_size)).split("(")[0]
-            return LaunchInfo(int(env[rank_key]), world_size, int(env.get(local_key, 0)), int(local_world))
-    return LaunchInfo(0, 1, 0, 1)
+            if name == "slurm":
+                return _slurm_launch(env)
+            rank, world_size = _int_variable(env, rank_key), _int_variable(env, world_key)
+            local_world = _int_variable(env, local_world_key) if local_world_key in env else None
+            if name == "torchrun" and local_world is None and "LOCAL_SIZE" in env:
+                name, local_world = "deepspeed", _int_variable(env, "LOCAL_SIZE")  # DeepSpeed's launcher
+            info = LaunchInfo(rank, world_size, _int_variable(env, local_key) if local_key in env else 0,
+                              local_world if local_world is not None else world_size, name)
+            return _with_master(info, env)
+    return LaunchInfo(0, 1, 0, 1, master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)))
+
+
+def _slurm_launch(env) -> LaunchInfo:
+    """srun with one task per rank. In a step SLURM_STEP_NUM_TASKS is the step's size (SLURM_NTASKS
+    the job's); the local world is this node's entry of SLURM_STEP_TASKS_PER_NODE, e.g. '4(x2),3'."""
+    world_key = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+    world_size = _int_variable(env, world_key)
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    node = _int_variable(env, "SLURM_NODEID") if "SLURM_NODEID" in env else 0
+    local_world = _tasks_on_node(per_node, node) if per_node else world_size
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    info = LaunchInfo(_int_variable(env, "SLURM_PROCID"), world_size, int(env.get("SLURM_LOCALID", 0)),
+                      local_world, "slurm", expand_nodelist(nodes)[0] if nodes else "127.0.0.1")
+    return _with_master(info, env)
+
+
+def _with_master(info: LaunchInfo, env) -> LaunchInfo:
+    """MASTER_ADDR/MASTER_PORT when the launcher (or the user) set them; else the first node of a
+    SLURM job, localhost for a one-node MPI job, or None (MPI across nodes); a port from the job id."""
+    addr = env.get("MASTER_ADDR") or (info.master_addr if info.launcher == "slurm" else None)
+    if addr is None and info.single_node:
+        addr = "127.0.0.1"
+    port = _int_variable(env, "MASTER_PORT") if env.get("MASTER_PORT") else job_port(env)
+    return dataclasses.replace(info, master_addr=addr, master_port=port)
+
+
+def _int_variable(env, key: str) -> int:
+    value = env[key]
+    if not value.strip().isdigit():
+        raise LaunchError(f"launch environment: {key}='{value}' is not a non-negative integer")
+    return int(value)
+
+
+def _tasks_on_node(per_node: str, node: int) -> int:
+    """SLURM's compressed count list ('4(x2),3': 4 tasks on nodes 0 and 1, 3 on node 2) at `node`."""
+    counts = []
+    for item in per_node.split(","):
+        count, _, repeat = item.partition("(x")
+        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    if node >= len(counts):
+        raise LaunchError(f"launch environment: SLURM_NODEID={node} but the tasks per node '{per_node}' "
+                          f"cover {len(counts)} node(s)")
+    return counts[node]
+
+
+def job_port(env) -> int:
+    """A port in [20000, 60000) derived from the job's id (the same on every rank), or 29500."""
+    for key in JOB_ID_VARIABLES:
+        if env.get(key):
+            return PORT_RANGE[0] + zlib.crc32(env[key].encode()) % (PORT_RANGE[1] - PORT_RANGE[0])
+    return DEFAULT_PORT
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host list ('gpu[01-03,07],login1') -> host names in order, as
+    `scontrol show hostnames` prints them (zero padding kept)."""
+    hosts, depth, start = [], 0, 0
+    for index, char in enumerate(nodelist + ","):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            hosts += _expand_host(nodelist[start:index].strip(), nodelist)
+            start = index + 1
+    if depth != 0:
+        raise LaunchError(f"launch environment: SLURM node list '{nodelist}' has an unclosed '['")
+    return [host for host in hosts if host]
+
+
+def _expand_host(item: str, nodelist: str) -> list[str]:
+    """One entry: 'gpu[01-03,07]' or 'rack[1-2]-n[1-2]' (every bracket expanded, left to right)."""
+    if "[" not in item:
+        return [item]
+    prefix, _, rest = item.partition("[")
+    ranges, closed, suffix = rest.partition("]")
+    if not closed:
+        raise LaunchError(f"launch environment: SLURM node list '{nodelist}' has an unclosed '['")
+    names = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise LaunchError(f"launch environment: SLURM node list '{nodelist}' has a bad range '{part}'")
+        for number in range(int(first), int(last or first) + 1):
+            names += [f"{prefix}{number:0{len(first)}d}{tail}" for tail in _expand_host(suffix, nodelist)]
+    return names
+
+
+def agree_master_addr(launch: LaunchInfo) -> str:
+    """MPI across nodes without MASTER_ADDR: rank 0's host name, broadcast over MPI (mpi4py)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise LaunchError(f"{launch.launcher} started {launch.world_size} processes on several nodes but "
+                          "MASTER_ADDR is not set: pass it (mpirun -x MASTER_ADDR=<first host>) or install "
+                          "mpi4py (pip install -e '.[mpi]') so the ranks agree on it") from None
+    import socket
+    return MPI.COMM_WORLD.bcast(socket.gethostname() if launch.rank == 0 else None, root=0)
+
+
+def backend_for(on_cuda: bool, backend: str = "auto") -> str:
+    """The data backend: NCCL on GPUs, gloo on CPUs, unless --backend names one."""
+    return ("nccl" if on_cuda else "gloo") if backend == "auto" else backend
 
 
 @dataclass
@@ -104,14 +241,15 @@ class ProcessGroups:
 
 
 def init_distributed(launch: LaunchInfo, topology: Topology, on_cuda: bool, timeout_s: float,
-                     round_timeout_s: float | None = None) -> ProcessGroups:
+                     round_timeout_s: float | None = None, backend: str = "auto") -> ProcessGroups:
     """Every group, created in the same order on every rank. Each group's timeout bounds every wait
     on it: --comm_timeout for exchanges and FedAvg, and --round_timeout for the one group whose
     barrier waits for a whole round (Collectives.round_barrier)."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    backend = "nccl" if on_cuda else "gloo"
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
+    backend = backend_for(on_cuda, backend)
+    # torch's env:// rendezvous reads these; the launcher's own values (torchrun, DeepSpeed) are kept
+    os.environ.setdefault("MASTER_ADDR", launch.master_addr or agree_master_addr(launch))
+    os.environ.setdefault("MASTER_PORT", str(launch.master_port))
     dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
     cpu = dist.group.WORLD if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
     link = {server: dist.new_group([server] + topology.client_ranks_of(server), backend="gloo",

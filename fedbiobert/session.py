@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from fedbiobert.comm import Collectives, LaunchInfo, ProcessGroups
-from fedbiobert.config import Config
-from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, list_corpus_files,
-                             load_or_build_token_cache, partition, split_validation)
+from fedbiobert.config import Config, corpus_files_for
+from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, load_or_build_token_cache, partition,
+                             split_validation)
 from fedbiobert.model import ModelSpec, build_config, build_full_model, load_full_model
 from fedbiobert.optim import Schedule
 from fedbiobert.topology import Role, Topology
@@ -76,10 +76,16 @@ def default_cache_dir() -> Path:
 def select_device(config: Config, launch: LaunchInfo) -> torch.device:
     if not config.on_cuda:
         return torch.device("cpu")
-    gpu_ids = config.gpu_id_list
-    index = gpu_ids[launch.local_rank] if gpu_ids else launch.local_rank % torch.cuda.device_count()
+    index = gpu_index(config, launch) if config.gpu_ids else launch.local_rank % torch.cuda.device_count()
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def gpu_index(config: Config, launch: LaunchInfo) -> int:
+    """--gpu_ids maps each local process (one id per process of this node) or each rank of the world
+    (one id per rank, as the original's --gpu_ids 0,0,1,2,3 on one machine); LOCAL_RANK otherwise."""
+    gpu_ids = config.gpu_id_list
+    return gpu_ids[launch.rank] if len(gpu_ids) == launch.world_size else gpu_ids[launch.local_rank]
 
 
 def set_cpu_threads(config: Config, launch: LaunchInfo) -> None:
@@ -91,7 +97,7 @@ def set_cpu_threads(config: Config, launch: LaunchInfo) -> None:
 def prepare_data(config: Config, launch: LaunchInfo, collectives: Collectives):
     """Tokenizer + token cache, built by local rank 0 of each node, then loaded by every rank."""
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    files = list_corpus_files(config.data_dir)
+    files = corpus_files_for(config)
 
     def load():
         tokenizer = build_tokenizer(config.arch, config.tokenizer, files, cache_dir, config.vocab_size)

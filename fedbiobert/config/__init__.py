@@ -12,10 +12,11 @@ from fedbiobert.config.checks import resolve_for_world, server_schedule_for, val
 from fedbiobert.config.cli import build_parser, load_config_file, parse_config
 from fedbiobert.config.options import (ALGORITHMS, BOOL_FIELDS, FAULT_KINDS, IGNORED_FLAGS, SPLIT_ALGORITHMS, Config,
                                        ConfigError, parse_bool, parse_fl_aggregate, parse_gpu_ids, parse_injections)
-from fedbiobert.config.paths import validate_paths
+from fedbiobert.config.paths import corpus_files_for, validate_paths
 
 __all__ = [
-    "ALGORITHMS", "BOOL_FIELDS", "FAULT_KINDS", "IGNORED_FLAGS", "SPLIT_ALGORITHMS", "Config", "ConfigError",
+    "ALGORITHMS", "BOOL_FIELDS", "corpus_files_for",
+    "FAULT_KINDS", "IGNORED_FLAGS", "SPLIT_ALGORITHMS", "Config", "ConfigError",
     "build_parser", "load_config_file", "parse_bool", "parse_config", "parse_fl_aggregate", "parse_gpu_ids",
     "parse_injections", "resolve_for_world", "server_schedule_for", "validate_paths", "validate_static",
     "validate_world",

@@ -22,6 +22,20 @@ def validate_static(config: Config) -> None:
     _validate_fault_injection(config)
     _validate_server_output(config)
     parse_gpu_ids(config.gpu_ids)
+    _validate_backend(config)
+    if config.tot_files is not None:
+        _require(config.tot_files >= 1, f"--tot_files {config.tot_files} must be at least 1")
+
+
+def _validate_backend(config: Config) -> None:
+    """NCCL moves CUDA tensors only; gloo moves CPU tensors point to point (a CUDA tensor's send would
+    read device memory as host memory), so each backend goes with one --on_cuda."""
+    if config.backend == "nccl":
+        _require(config.on_cuda, "--backend nccl needs --on_cuda True (NCCL moves GPU tensors; accepted on CPUs: "
+                 "auto or gloo)")
+    if config.backend == "gloo":
+        _require(not config.on_cuda, "--backend gloo carries CPU tensors only, and --on_cuda True keeps them on "
+                 "GPUs (accepted with --on_cuda True: auto or nccl)")
 
 
 def _validate_server_output(config: Config) -> None:
@@ -173,9 +187,9 @@ def validate_world(config: Config, world_size: int, local_world_size: int, cuda_
         _validate_gpu_count(config, local_world_size, cuda_device_count)
     gpu_ids = config.gpu_id_list
     if gpu_ids is not None:
-        _require(len(gpu_ids) == local_world_size,
+        _require(len(gpu_ids) in (local_world_size, world_size),
                  f"--gpu_ids '{config.gpu_ids}' has {len(gpu_ids)} id(s) but {local_world_size} processes "
-                 "run on this node (give one id per local process)")
+                 f"run on this node and {world_size} in the world (give one id per local process, or one per rank)")
 
 
 def _validate_gpu_count(config: Config, local_world_size: int, cuda_device_count: int) -> None:

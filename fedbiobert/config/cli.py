@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fedbiobert.config.options import BOOL_FIELDS, IGNORED_FLAGS, Config, ConfigError, _require, parse_bool
+from fedbiobert.config.options import (BOOL_FIELDS, IGNORED_FLAGS, LAUNCHER_FLAGS, Config, ConfigError, _require,
+                                       parse_bool)
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                            default=config_field.default, help=meta["help"],
                            choices=meta["choices"] or None)
     ignored = parser.add_argument_group("accepted for compatibility, ignored for text")
-    for name in IGNORED_FLAGS:
+    for name in IGNORED_FLAGS + LAUNCHER_FLAGS:
         ignored.add_argument(f"--{name}", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -118,5 +119,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     for name in IGNORED_FLAGS:
         if namespace.pop(name) is not None:
             logger.warning("--%s means nothing for text models; ignored", name)
+    for name in LAUNCHER_FLAGS:
+        if namespace.pop(name) is not None:
+            logger.warning("--%s is the launcher's option (e.g. deepspeed --hostfile H run.py ...), not run.py's; "
+                           "ignored here (rank and local rank come from the launcher's environment)", name)
     namespace.pop("config")
     return Config(**namespace)

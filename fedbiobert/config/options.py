@@ -22,6 +22,10 @@ COMM_DTYPES = ("fp32", "bf16", "fp16")
 AGGREGATE_WEIGHTINGS = ("samples", "uniform")
 # Flags of the original (image-oriented) code that mean nothing for text: accepted, then ignored.
 IGNORED_FLAGS = ("pn_normalize", "complex_arch", "world_conf")
+# Options of a launcher that reach run.py in the original commands (`--hostfile` written after run.py;
+# `--local_rank`, which the DeepSpeed launcher appends): accepted, then ignored (LOCAL_RANK is read).
+LAUNCHER_FLAGS = ("hostfile", "local_rank")
+BACKENDS = ("auto", "nccl", "gloo")
 
 
 class ConfigError(ValueError):
@@ -118,6 +122,11 @@ class Config:
                                    group="optim")
     # --- data -----------------------------------------------------------------------------
     data_dir: str = _opt("../shared/data/pretrain", "a .txt/.jsonl file or a folder of them", group="data")
+    data: str | None = _opt(None, "a corpus mix by name, as in the original (e.g. wikitext-pubmed): the files of "
+                            "--data_dir whose names contain any of its '-'-separated words (default: every file)",
+                            group="data")
+    tot_files: int | None = _opt(None, "use only the first N corpus files (sorted by name, after --data)",
+                                 group="data")
     partition_data: str = _opt("by_file", "how the corpus is split into silos", choices=PARTITION_SCHEMES,
                                group="data")
     dirichlet_alpha: float = _opt(0.5, "concentration of the dirichlet partition", group="data")
@@ -145,7 +154,11 @@ class Config:
     log_every: int = _opt(5, "log a line every this many steps when not on a terminal", group="output")
     # --- devices and transport ----------------------------------------------------------------
     on_cuda: bool = _opt(False, "use CUDA GPUs and NCCL", group="device")
-    gpu_ids: str | None = _opt(None, "comma-separated GPU id per local process, e.g. 0,1,2", group="device")
+    gpu_ids: str | None = _opt(None, "comma-separated GPU id per local process (e.g. 0,1,2), or per rank of the "
+                               "world (e.g. 0,0,1,2,3: server and first client share GPU 0); default: LOCAL_RANK",
+                               group="device")
+    backend: str = _opt("auto", "backend of payloads and collectives: auto (nccl with --on_cuda True, else gloo); "
+                        "headers always travel over gloo", choices=BACKENDS, group="device")
     link_bandwidth_mbps: float | None = _opt(None, "emulate a WAN link of this many Mbit/s between each client "
                                              "and its server (off by default)", group="device")
     link_latency_ms: float = _opt(0.0, "one-way latency of the emulated link, in ms", group="device")

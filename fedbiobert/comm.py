@@ -250,6 +250,10 @@ def init_distributed(launch: LaunchInfo, topology: Topology, on_cuda: bool, time
     # torch's env:// rendezvous reads these; the launcher's own values (torchrun, DeepSpeed) are kept
     os.environ.setdefault("MASTER_ADDR", launch.master_addr or agree_master_addr(launch))
     os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+    if launch.rank == 0:
+        logger.info("launched by %s: %d processes, %d on this node; rank 0 listens at %s:%s; backend %s",
+                    launch.launcher, launch.world_size, launch.local_world_size, os.environ["MASTER_ADDR"],
+                    os.environ["MASTER_PORT"], backend)
     dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
     cpu = dist.group.WORLD if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
     link = {server: dist.new_group([server] + topology.client_ranks_of(server), backend="gloo",

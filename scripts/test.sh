@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+bash scripts/setup_cluster_tools.sh  # mpirun, SLURM and munge for the launcher tests
 exec .venv/bin/python -m pytest "$@"

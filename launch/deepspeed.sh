@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The DeepSpeed launcher, as the original FedBioBERT was started:
+#   launch/deepspeed.sh [--hostfile FILE] [--num_gpus N] RUN_OPTIONS...
+# DeepSpeed starts one process per GPU (per slot of each hostfile line) with RANK, WORLD_SIZE, LOCAL_RANK,
+# LOCAL_SIZE, MASTER_ADDR and MASTER_PORT set, and appends --local_rank=N (accepted and ignored: LOCAL_RANK
+# is read). Needs `pip install deepspeed` in .venv (not installed by the set-up); DS_ARGS adds launcher options.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --hostfile|--num_gpus|--num_nodes|--master_addr|--master_port|--include|--exclude)
+            args+=("$1" "$2"); shift 2 ;;
+        *) break ;;
+    esac
+done
+read -r -a extra <<< "${DS_ARGS:-}"
+exec "${DEEPSPEED:-$ROOT/.venv/bin/deepspeed}" "${args[@]}" "${extra[@]}" "$ROOT/run.py" "$@"

@@ -14,5 +14,8 @@ while [ $# -gt 0 ]; do
         *) break ;;
     esac
 done
+# On one machine with a hostfile DeepSpeed reaches even localhost over ssh; DS_ARGS="--no_ssh --node_rank 0"
+# starts it without (as on each node of a cluster without passwordless ssh).
 read -r -a extra <<< "${DS_ARGS:-}"
-exec "${DEEPSPEED:-$ROOT/.venv/bin/deepspeed}" "${args[@]}" "${extra[@]}" "$ROOT/run.py" "$@"
+read -r -a deepspeed <<< "${DEEPSPEED:-$ROOT/.venv/bin/deepspeed}"   # e.g. "python -m deepspeed.launcher.runner"
+exec "${deepspeed[@]}" "${args[@]}" "${extra[@]}" "$ROOT/run.py" "$@"

@@ -103,6 +103,11 @@ def _validate_optimisation(config: Config) -> None:
 
 
 def _validate_servers(config: Config) -> None:
+    if config.server_recompute:
+        _require(config.algorithm == "fedbiobert" and config.head_placement == "client",
+                 f"--server_recompute True applies to --algorithm fedbiobert with --head_placement client (the only "
+                 f"server that keeps graphs across steps), not --algorithm {config.algorithm} with "
+                 f"--head_placement {config.head_placement}")
     if config.is_split:
         _require(config.num_servers >= 1,
                  f"--num_device {config.num_device} must be at least 1 for --algorithm {config.algorithm}")

@@ -36,6 +36,7 @@ class RoundPiece:
     seconds: dict[str, float] = field(default_factory=dict)  # compute / wait / comm / elapsed this round
     silos_sampled: int = 0       # client processes: silos sampled here this round
     silos_reported: int = 0      # ... and those whose update went into the average
+    memory: dict[str, float] = field(default_factory=dict)  # see RoleProcess.memory_report
 
 
 def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,6 +158,7 @@ class RoundWriter:
             "bytes_received": sum(piece.bytes_received for piece in clients),  # server -> client (down)
             "clients": sorted({event["client_id"] for event in steps if event["role"] == "client"}),
             "time_breakdown": time_breakdown(pieces),
+            "memory": memory_by_role(pieces),
             "clients_sampled": sum(piece.silos_sampled for piece in pieces),
             "clients_reported": sum(piece.silos_reported for piece in pieces),
         }
@@ -188,6 +190,7 @@ class RoundWriter:
             "bytes_down": sum(entry["bytes_received"] or 0 for entry in rounds),
             "link": self.config.link, "comm_dtype": self.config.comm_dtype,
             "time_breakdown": _sum_breakdowns(rounds),
+            "memory": _max_by_role(entry.get("memory") or {} for entry in rounds),
             "pipeline_efficiency": _pipeline_efficiency(rounds),
             "rounds": rounds,
         }
@@ -210,6 +213,20 @@ def time_breakdown(pieces: list[RoundPiece]) -> dict[str, dict[str, float]]:
                             for key in ("compute", "wait", "comm", "elapsed")}
             result[role]["max_compute"] = round(max(s["compute"] for s in seconds), 4)
             result[role]["max_elapsed"] = round(max(s["elapsed"] for s in seconds), 4)
+    return result
+
+
+def memory_by_role(pieces: list[RoundPiece]) -> dict[str, dict[str, float]]:
+    """Per role, the largest value over its processes of each memory figure this round."""
+    return _max_by_role({piece.role: piece.memory} for piece in pieces if piece.memory)
+
+
+def _max_by_role(entries) -> dict[str, dict[str, float]]:
+    result: dict[str, dict[str, float]] = {}
+    for entry in entries:
+        for role, figures in entry.items():
+            for key, value in figures.items():
+                result.setdefault(role, {})[key] = max(value, result.get(role, {}).get(key, value))
     return result
 
 

@@ -178,9 +178,9 @@ def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: s
                   breakdown]
     stages = stages_table(rows)
     if stages:
-        parts += ["", "Per step (one batch of one silo; steady rounds): each role's compute seconds, the bytes "
-                  "each way (the round's model exchange spread over its steps), and each role's peak resident "
-                  "memory (the largest process of the role):", "", stages]
+        parts += ["", "Per step (one batch of one silo; steady rounds): each role's compute seconds, the "
+                  "split-learning bytes each way (the FedAvg model exchange is not in them), and each role's "
+                  "peak resident memory (the largest process of the role):", "", stages]
     if failed:
         parts += ["", "Failed runs:"] + [f"- `{row['name']}`: {row['error']} (log: {row['log']})" for row in failed]
     return "\n".join(parts) + "\n"

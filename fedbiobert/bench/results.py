@@ -71,7 +71,8 @@ def stage_compute(rounds: list[dict]) -> dict | None:
 def per_step(spec: RunSpec, rounds: list[dict]) -> dict | None:
     """Per training step (one batch of one silo), over the steady rounds: each role's compute seconds
     (a client process trains its silos' steps in turn, a server serves its clients' steps) and the
-    bytes each way. Participation is 1.0 in the benchmark, so a round has n_clients x num_batch steps."""
+    split-learning bytes each way (the FedAvg model exchange apart, per round). Participation is 1.0
+    in the benchmark, so a round has n_clients x num_batch steps."""
     steady = steady_rounds(rounds)
     stages = stage_compute(rounds)
     steps = spec.n_clients * spec.num_batch
@@ -80,8 +81,11 @@ def per_step(spec: RunSpec, rounds: list[dict]) -> dict | None:
     client_processes = spec.nproc - spec.num_device
     result = {"client_compute_seconds": stages["client"] * client_processes / steps,
               "server_compute_seconds": stages["server"] * spec.num_device / steps if spec.num_device else None}
-    for way, key in (("up", "bytes_sent"), ("down", "bytes_received")):
-        result[f"bytes_{way}"] = statistics.median((entry.get(key) or 0) / steps for entry in steady)
+    for way, key in (("up", "sent"), ("down", "received")):
+        split_bytes = [(entry.get(f"bytes_{key}") or 0) - (entry.get(f"model_bytes_{key}") or 0) for entry in steady]
+        result[f"bytes_{way}"] = statistics.median(split_bytes) / steps
+        result[f"model_bytes_{way}_per_round"] = statistics.median(entry.get(f"model_bytes_{key}") or 0
+                                                                   for entry in steady)
     return result
 
 

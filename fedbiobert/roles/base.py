@@ -101,7 +101,8 @@ class RoleProcess(ABC):
         piece = self.round_piece()
         piece.seconds = self.time_breakdown()
         piece.memory = self.memory_report()
-        piece.bytes_sent, piece.bytes_received = self.byte_delta.take(self.byte_counter)
+        (piece.bytes_sent, piece.bytes_received, piece.model_bytes_sent,
+         piece.model_bytes_received) = self.byte_delta.take(self.byte_counter)
         pieces = self.session.collectives.gather_to_rank0(piece)  # every rank calls, once per round
         failure = None
         if self.writer is not None:

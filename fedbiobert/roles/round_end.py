@@ -30,6 +30,8 @@ class RoundPiece:
     events: list[dict]
     bytes_sent: int = 0          # during this round
     bytes_received: int = 0
+    model_bytes_sent: int = 0    # ... of which the FedAvg model exchange (kind STATE)
+    model_bytes_received: int = 0
     client_state: dict | None = None           # the global client part (first client rank only)
     server_state: dict | None = None           # this server's replica (after FedAvg if enabled)
     private_states: dict[int, dict] = field(default_factory=dict)  # client_id -> non-federated tensors
@@ -44,15 +46,17 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class ByteDelta:
-    """Per-round byte counts from a channel's cumulative counter."""
+    """Per-round byte counts from a channel's cumulative counter: (sent, received, model exchange
+    sent, model exchange received), the last two the FedAvg traffic included in the first two."""
 
     def __init__(self):
-        self.last_sent = self.last_received = 0
+        self.last = (0, 0, 0, 0)
 
-    def take(self, counter) -> tuple[int, int]:
-        sent, received = counter.total("sent"), counter.total("received")
-        delta = (sent - self.last_sent, received - self.last_received)
-        self.last_sent, self.last_received = sent, received
+    def take(self, counter) -> tuple[int, int, int, int]:
+        now = (counter.total("sent"), counter.total("received"), counter.payload.get(("sent", "STATE"), 0),
+               counter.payload.get(("received", "STATE"), 0))
+        delta = tuple(value - last for value, last in zip(now, self.last))
+        self.last = now
         return delta
 
 
@@ -156,6 +160,8 @@ class RoundWriter:
             "tokens_per_second": tokens / round_seconds if round_seconds > 0 else None,
             "bytes_sent": sum(piece.bytes_sent for piece in clients),        # client -> server (up)
             "bytes_received": sum(piece.bytes_received for piece in clients),  # server -> client (down)
+            "model_bytes_sent": sum(piece.model_bytes_sent for piece in clients),  # ... of which FedAvg's
+            "model_bytes_received": sum(piece.model_bytes_received for piece in clients),
             "clients": sorted({event["client_id"] for event in steps if event["role"] == "client"}),
             "time_breakdown": time_breakdown(pieces),
             "memory": memory_by_role(pieces),

@@ -258,6 +258,10 @@ CATALOGUE = {
     "on_cuda without CUDA": pytest.param(
         Bad(lambda t, c: ["--on_cuda", "True"], "--on_cuda True but CUDA is not available"),
         marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
+    "on_cuda with fewer GPUs than processes": pytest.param(
+        Bad(lambda t, c: ["--on_cuda", "True"], "--on_cuda True runs 3 processes on this node but it has"),
+        marks=pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() >= 3,
+                                 reason="needs CUDA with fewer than 3 GPUs")),
     "n_clients below client processes": Bad(lambda t, c: ["--n_clients", "1"], "2 client processes but --n_clients 1"),
     "centralized on several processes": Bad(lambda t, c: ["--algorithm", "centralized", "--n_clients", "1"],
                                             "--algorithm centralized runs on 1 process, not 3"),

@@ -263,8 +263,9 @@ class Channel:
     window on a server or on a client-head client: a server blocking on delivery of an OUTPUT to
     client X while X blocks on delivery of its ACTIVATION to the server would deadlock. None is
     needed: the protocol bounds what is outstanding (a fedbiobert client runs ahead by at most
-    --max_inflight batches, fedbert waits every step), so once completed sends are released at most
-    max_inflight + 1 messages per peer are held (`held_tensors`, `peak_held_tensors`).
+    --max_inflight batches, fedbert waits every step), so once completed sends are released about
+    max_inflight + 1 messages per peer are held at most (`held_tensors`, `peak_held_tensors`).
+    A gloo send not taken by its receiver within the timeout fails the next send, recv or flush.
     """
 
     def __init__(self, rank: int, header_group, data_group, device: torch.device, timeout_s: float,

@@ -103,6 +103,24 @@ def test_one_loader_serves_every_silo_and_round_with_the_same_workers(num_worker
     assert as_tuples(loader.batches(silos[1], seed=51)) == as_tuples(client_batches(corpus, silos[1], 3, 4, SPEC, 51))
 
 
+def test_each_pass_advances_the_global_generator_as_a_fresh_data_loader_did():
+    """Dropout is seeded before a silo's passes: they must move the global generator alike for any
+    num_workers, and as much as when each pass made its own DataLoader."""
+    def after_passes(make_pass) -> list[float]:
+        torch.manual_seed(3)
+        draws = []
+        for seed in range(3):
+            list(make_pass(seed))
+            draws.append(torch.rand(1).item())
+        return draws
+
+    corpus = fake_corpus()
+    expected = after_passes(lambda seed: torch.utils.data.DataLoader(range(2), batch_size=None))
+    for num_workers in (0, 2):
+        loader = BatchLoader(corpus, 2, 2, SPEC, num_workers=num_workers)
+        assert after_passes(lambda seed: loader.batches(torch.arange(5), seed)) == expected
+
+
 def test_zero_batches_and_bad_arguments():
     corpus = fake_corpus()
     assert list(client_batches(corpus, torch.arange(4), 2, 0, SPEC, seed=0)) == []

@@ -102,9 +102,11 @@ class BatchLoader:
         _check_int("num_workers", num_workers, 0)
         self.batch_size, self.num_batches = batch_size, num_batches
         self._keys = _PlanKeys()
+        # Its own generator: the workers' base seeds (unused: masking is seeded per key) are not drawn
+        # from the global one, whose draws batches() makes explicit instead.
         self.loader = DataLoader(_MaskedBlocks(corpus, spec), batch_size=None, sampler=self._keys,
                                  num_workers=num_workers, pin_memory=pin_memory,
-                                 persistent_workers=num_workers > 0)
+                                 persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
 
     def batches(self, indices: torch.Tensor, seed: int) -> Iterator[Batch]:
         """The batches drawn from ``indices`` with ``seed`` (see sample_plan). One pass at a time:
@@ -116,6 +118,10 @@ class BatchLoader:
             )
         self._keys.plan = sample_plan(indices, self.batch_size, self.num_batches, seed)
         self._keys.seed = seed
+        # One draw from the global generator per pass, for any num_workers, as when every pass made its
+        # own DataLoader iterator (each drew its base seed there): the dropout streams seeded before a
+        # silo trains, and so every run, stay what they were and equal across --num_workers.
+        torch.empty((), dtype=torch.int64).random_()
         # With persistent workers this resets the one iterator: the workers drop what they had
         # prefetched of the previous pass and start on this plan's keys.
         return iter(self.loader)

@@ -42,6 +42,10 @@ def test_keep_only_holds_exactly_the_rows_given():
     assert torch.equal(store[[6, 1]], everything[[6, 1]]) and len(store) == 7
     with pytest.raises(LookupError, match="block 2 is not held by this process: it holds 3 blocks"):
         store[[1, 2]]
+    store.keep_only([4])  # narrowing what is held keeps a subset
+    assert store.held_rows.tolist() == [4] and torch.equal(store[[4]], everything[[4]])
+    with pytest.raises(LookupError, match="block 1 is not held"):
+        store.keep_only([1, 4])
     store.keep_only([])
     assert store.held_rows.tolist() == [] and store.held_bytes == 0
     with pytest.raises(LookupError, match="block 0 is not held"):

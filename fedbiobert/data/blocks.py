@@ -67,9 +67,15 @@ class BlockStore:
         return tensor[0] if isinstance(index, (int, np.integer)) else tensor
 
     def keep_only(self, rows) -> None:
-        """Hold exactly ``rows`` (copied into this process's memory) and drop the memory maps."""
+        """Hold exactly ``rows`` (copied into this process's memory, int32) and drop the memory maps."""
         held = np.unique(self._row_indices(rows))
-        self._rows = self[held].numpy().astype(np.int32) if len(held) else np.zeros((0, self._width), np.int32)
+        if self._held is not None:
+            self._positions(held)  # only rows still held can be kept
+            self._rows, self._held = self._rows[np.searchsorted(self._held, held)], held
+            return
+        # Straight into int32, one file at a time, each map dropped once its rows are copied: the peak
+        # is the kept rows plus the pages of one file's map, not an int64 copy of them.
+        self._rows = self._read(held, np.int32, release=True)
         self._held = held
         self._parts = []  # no map stays open: this process reads no other row of the cache files
 
@@ -87,12 +93,15 @@ class BlockStore:
             raise IndexError(f"block {bad} is out of range (accepted: 0 <= block < {len(self)})")
         return np.where(rows < 0, rows + len(self), rows)
 
-    def _read(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), self._width), dtype=np.int64)
+    def _read(self, rows: np.ndarray, dtype=np.int64, release: bool = False) -> np.ndarray:
+        out = np.empty((len(rows), self._width), dtype=dtype)
         part_of = np.searchsorted(self._starts, rows, side="right") - 1
-        for part in np.unique(part_of):
+        for part in range(len(self._parts)):
             here = part_of == part
-            out[here] = self._parts[part][rows[here] - self._starts[part]]  # a copy of just those rows
+            if here.any():
+                out[here] = self._parts[part][rows[here] - self._starts[part]]  # a copy of just those rows
+            if release:
+                self._parts[part] = None  # the last reference to the map: it is unmapped now
         return out
 
     def _positions(self, rows: np.ndarray) -> np.ndarray:

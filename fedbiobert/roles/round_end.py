@@ -69,7 +69,8 @@ class RoundWriter:
         self.reporter = RunReporter(session.output_dir)
         self.progress = Progress(self.config.n_comm_rounds, self.config.steps_per_round, self.config.log_every,
                                  first_round=session.start_round)
-        self.validation = ValidationSet(session.corpus, session.val_indices, self.config.val_blocks,
+        # session.val_sample is validation_sample(val_indices, --val_blocks, seed): the rows rank 0 kept.
+        self.validation = ValidationSet(session.corpus, session.val_sample, None,
                                         self.config.batch_size, session.masking, seed=self.config.manual_seed)
         logger.info("validation set: %d blocks from %d files", len(self.validation),
                     len(set(self.validation.file_of_row.tolist())))

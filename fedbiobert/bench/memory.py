@@ -40,6 +40,8 @@ class Case:
 CASES = (
     Case("fedbiobert-client-head", "fedbiobert"),
     Case("fedbiobert-client-head-recompute", "fedbiobert", ("--server_recompute", "True")),
+    # glibc's dynamic mmap threshold (the engine's fix undone): how much the heap alone would grow
+    Case("fedbiobert-client-head-dynamic-malloc", "fedbiobert", ("--mmap_threshold_mb", "0")),
     Case("fedbiobert-server-head", "fedbiobert", ("--head_placement", "server")),
     Case("fedbert-client-head", "fedbert"),
     Case("fedbert-server-head", "fedbert", ("--head_placement", "server")),

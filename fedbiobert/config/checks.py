@@ -77,6 +77,8 @@ def _validate_counts(config: Config) -> None:
         logger.warning("--participation_ratio %g of --n_clients %d rounds to 0 clients a round; sampling 1 "
                        "client each round", config.participation_ratio, config.n_clients)
     _require(config.num_workers >= 0, f"--num_workers {config.num_workers} must be 0 or more")
+    _require(0 <= config.mmap_threshold_mb <= 32,
+             f"--mmap_threshold_mb {config.mmap_threshold_mb} is outside [0, 32] (glibc's largest threshold is 32 MB)")
     _require(config.val_blocks >= 0, f"--val_blocks {config.val_blocks} must be 0 or more")
     _require(0 <= config.val_ratio < 0.5, f"--val_ratio {config.val_ratio} is outside [0, 0.5)")
     _require(config.comm_timeout > 0, f"--comm_timeout {config.comm_timeout} must be positive")

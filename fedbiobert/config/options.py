@@ -158,6 +158,9 @@ class Config:
                                 "another several)", group="device")
     num_threads: int | None = _opt(None, "torch CPU threads per process (default: cores / local processes)",
                                    group="device")
+    mmap_threshold_mb: float = _opt(1.0, "host allocations of at least this many MB get their own mmap, returned "
+                                    "to the system when freed, so resident memory does not creep up with steps "
+                                    "(glibc; at most 32; 0 keeps glibc's dynamic threshold)", group="device")
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:

@@ -258,6 +258,8 @@ CATALOGUE = {
     "on_cuda without CUDA": pytest.param(
         Bad(lambda t, c: ["--on_cuda", "True"], "--on_cuda True but CUDA is not available"),
         marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
+    "fp16 on CPU": Bad(lambda t, c: ["--precision", "fp16"],
+                       "--precision fp16 needs CUDA (--on_cuda True); on CPU use bf16 or fp32"),
     "n_clients below client processes": Bad(lambda t, c: ["--n_clients", "1"], "2 client processes but --n_clients 1"),
     "centralized on several processes": Bad(lambda t, c: ["--algorithm", "centralized", "--n_clients", "1"],
                                             "--algorithm centralized runs on 1 process, not 3"),

@@ -37,6 +37,7 @@ from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTra
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import (client_state_keys, gather_masked, masked_positions, mlm_loss, split_model,
                               stash_weights)
+from fedbiobert.precision import autocast
 
 
 @dataclass
@@ -58,13 +59,15 @@ class FedBioBERTClient(ClientTrainer):
         self.full_output = config.server_sends_full_output
         self.max_inflight = config.max_inflight
         self.wire_dtype = config.wire_dtype
+        self.precision = config.precision
         schedule, decay, clip = algorithm.session.schedule, config.weight_decay, config.max_grad_norm
         final_head = model.final_head if self.head_on_client else None
         # The trunk (embeddings, client layers, auxiliary head) and the final head step apart: the
         # trunk on the auxiliary loss of batch b, the final head on the final loss of batch
-        # b - max_inflight when its OUTPUT is settled, each with its own clipping.
-        self.stepper = Stepper(model, schedule, decay, clip, skip=final_head)
-        self.final_head_stepper = Stepper(final_head, schedule, decay, clip) if final_head is not None else None
+        # b - max_inflight when its OUTPUT is settled, each with its own clipping (and fp16 loss scale).
+        self.stepper = Stepper(model, schedule, decay, clip, skip=final_head, precision=self.precision)
+        self.final_head_stepper = (Stepper(final_head, schedule, decay, clip, precision=self.precision)
+                                   if final_head is not None else None)
         self.awaited: collections.deque[_AwaitedOutput] = collections.deque()
         self.holding_output = False  # the oldest awaited OUTPUT was received but not yet answered
         self.last_step = -1
@@ -72,11 +75,12 @@ class FedBioBERTClient(ClientTrainer):
     def step(self, batch, global_step: int) -> StepResult:
         positions = masked_positions(batch.labels)
         targets = batch.labels.reshape(-1)[positions]
-        hidden = self.model(batch.input_ids, batch.attention_mask)
-        # Send first, so the server works on this batch while we compute the local loss.
-        self._send_activation(hidden, batch.attention_mask, positions, targets, global_step)
-        local_loss = mlm_loss(self.model.aux_logits(gather_masked(hidden, positions)), targets)
-        local_loss.backward()
+        with autocast(self.precision, self.model):
+            hidden = self.model(batch.input_ids, batch.attention_mask)
+            # Send first, so the server works on this batch while we compute the local loss.
+            self._send_activation(hidden, batch.attention_mask, positions, targets, global_step)
+            local_loss = mlm_loss(self.model.aux_logits(gather_masked(hidden, positions)), targets)
+        self.stepper.backward(local_loss)
         global_losses = self._settle_outputs(keep=self.max_inflight) if self.head_on_client else []
         if not self.head_on_client:
             self.channel.flush(max_pending=self.max_inflight)  # bound memory held by unsent activations
@@ -126,14 +130,18 @@ class FedBioBERTClient(ClientTrainer):
             message = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
             expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
             self.holding_output = True
-            server_hidden = message.tensors[0].float().requires_grad_()
+            server_hidden = message.tensors[0].float().requires_grad_()  # a leaf: its grad is fp32
             at_masked = rows_at_masked(server_hidden, awaited.positions, self.full_output)
-            final_loss = mlm_loss(self.model.final_logits(at_masked), awaited.targets)
-            final_loss.backward()  # grads for the client's final head, and d loss / d server_hidden
+            with autocast(self.precision, self.model):
+                final_loss = mlm_loss(self.model.final_logits(at_masked), awaited.targets)
+            # grads for the client's final head, and d loss / d server_hidden (unscaled before the
+            # step updates an fp16 loss scale)
+            self.final_head_stepper.backward(final_loss)
+            grad = self.final_head_stepper.unscaled(server_hidden.grad).to(self.wire_dtype)
             self.final_head_stepper.step(awaited.step)  # the final head only: the trunk has no grad here
             losses.append(loss_value(final_loss))
             reply = Message(Kind.GRAD, client_id=self.client_id, round=self.round_idx, step=awaited.step,
-                            scalars=(math.nan, losses[-1]), tensors=[server_hidden.grad.to(self.wire_dtype)])
+                            scalars=(math.nan, losses[-1]), tensors=[grad])
             self.channel.send(reply, self.server_rank)  # paired with FedBioBERTServer.handle (GRAD)
             self.awaited.popleft()
             self.holding_output = False
@@ -147,9 +155,10 @@ class FedBioBERTServer(SplitServerTrainer):
         hidden, mask, positions = message.tensors[:3]
         if self.head_on_client:
             return self._forward_for_client_head(message, hidden, mask, positions)
-        output = gather_masked(self.model(hidden.float(), mask.long()), positions)
-        final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
-        final_loss.backward()
+        with autocast(self.precision, self.model):
+            output = gather_masked(self.model(hidden.float(), mask.long()), positions)
+            final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
+        self.stepper.backward(final_loss)
         self.stepper.step(message.step)
         return StepResult(global_loss=loss_value(final_loss), tokens=int(mask.sum()), step=message.step,
                           client_id=message.client_id)
@@ -158,9 +167,12 @@ class FedBioBERTServer(SplitServerTrainer):
         """Forward, keep the graph with stashed weights, send OUTPUT; backward when the GRAD comes.
 
         By then the server has stepped on other batches; stashing makes the backward use this
-        forward's weights (see model/stash.py) instead of recomputing the forward.
+        forward's weights (see model/stash.py) instead of recomputing the forward. Under autocast the
+        matmuls save the bf16/fp16 casts of the weights, copies made at this forward (stashing copies
+        what does share the parameters' storage, e.g. fp32 LayerNorm weights on CUDA); the autocast
+        context closes before any step, so no cached cast outlives this forward.
         """
-        with stash_weights(self.model):
+        with stash_weights(self.model), autocast(self.precision, self.model):
             output = server_output(self.model(hidden.float(), mask.long()), positions, self.full_output)
         self.awaiting_grad[(message.source, message.step)] = (output, int(mask.sum()))
         reply = Message(Kind.OUTPUT, client_id=message.client_id, round=self.round_idx, step=message.step,
@@ -170,7 +182,7 @@ class FedBioBERTServer(SplitServerTrainer):
 
     def on_grad(self, message: Message) -> StepResult:
         output, tokens = self.awaiting_grad.pop((message.source, message.step))
-        output.backward(message.tensors[0].float())
+        self.stepper.backward(output, message.tensors[0])  # cast to the output's dtype (bf16 under autocast)
         self.stepper.step(message.step)
         return StepResult(global_loss=message.scalars[1], tokens=tokens, step=message.step,
                           client_id=message.client_id)

@@ -174,3 +174,39 @@ def test_bf16_runs_every_algorithm(tmp_path, small_corpus, cache_dir, nproc, ext
     events = _run(tmp_path, cache_dir, small_corpus, "run", nproc, ["--precision", "bf16", *extra])
     losses = _round_losses(events)
     assert losses and all(math.isfinite(loss) for loss in losses)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_mixed_precision_tracks_fp32(tmp_path, small_corpus, cache_dir, precision):
+    """On a GPU (both processes on it): fp16 with its loss scaler, and bf16, within 2% of fp32 (TF32)."""
+    cuda = ["--on_cuda", "True"]
+    fp32 = _run(tmp_path, cache_dir, small_corpus, "fp32", 2, [*cuda, "--precision", "fp32"])
+    mixed = _run(tmp_path, cache_dir, small_corpus, precision, 2, [*cuda, "--precision", precision])
+    for expected, got in zip(_round_losses(fp32), _round_losses(mixed)):
+        assert got == pytest.approx(expected, rel=0.02)
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head_placement", ["client", "server"])
+def test_fp16_fedbert_client_gradients_match_full_backprop(tmp_path, small_corpus, head_placement):
+    """fp16 (CPU autocast and scaler, as on a GPU): the gradients at the cut cross the wire unscaled and
+    are scaled again by the receiver, so the client's true (unscaled) gradients are full back-propagation's
+    within fp16's error: a gradient left scaled on either side would be off by the scale (65536x)."""
+    from tests.distributed import run_processes
+    from tests.test_baselines import _worker
+    options = {"algorithm": "fedbert", "num_client_encoder": 1, "num_server_encoder": 1,
+               "head_placement": head_placement, "precision": "fp16"}
+    run_processes(_worker, 2, options, 0, small_corpus, tmp_path / "cache", tmp_path, timeout=180)
+    captured = torch.load(tmp_path / "grads.pt")
+    grads, reference = captured["grads"], captured["full_backprop"]
+    assert any(name.startswith("bert.embeddings") for name in grads)
+    largest = max(float(reference[name].norm()) for name in grads)
+    for name, grad in grads.items():
+        if float(reference[name].norm()) > 1e-6 * largest:  # not the key biases: their gradient is 0 (softmax)
+            assert _relative_error(grad, reference[name]) < 0.02, name

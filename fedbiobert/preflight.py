@@ -11,7 +11,8 @@ def check_run(argv: list[str] | None, world_size: int, local_world_size: int) ->
     state it resumes from (None for a fresh run)."""
     config = parse_config(argv)
     validate_static(config)
-    validate_world(config, world_size, local_world_size, config.on_cuda and _cuda_available())
+    validate_world(config, world_size, local_world_size, config.on_cuda and _cuda_available(),
+                   _cuda_device_count() if config.on_cuda else 0)
     config = resolve_for_world(config, world_size)
     validate_paths(config)  # reads every corpus file (about 0.1 s for 28 MB): after the cheap checks
     from fedbiobert.checkpoint import load_resume_for
@@ -25,3 +26,8 @@ def check_run(argv: list[str] | None, world_size: int, local_world_size: int) ->
 def _cuda_available() -> bool:
     import torch
     return torch.cuda.is_available()
+
+
+def _cuda_device_count() -> int:
+    import torch
+    return torch.cuda.device_count()

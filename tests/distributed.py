@@ -32,3 +32,22 @@ def run_processes(worker, world_size: int, *args, timeout: float = 120.0) -> Non
             for process in context.processes:
                 process.kill()
             raise TimeoutError(f"{world_size} processes did not finish within {timeout}s")
+
+
+def world_link_channel(timeout_s: float = 30):
+    """In a process of `run_processes`: (channel, groups, topology) of a world with one server
+    (rank 0) and every other rank a client process, built as a run builds it (link_channel: a data
+    group per direction of each link)."""
+    import types
+
+    import torch
+
+    from fedbiobert.comm import init_distributed, launch_info_from_env, link_channel
+    from fedbiobert.config import Config
+    from fedbiobert.topology import Topology
+    launch = launch_info_from_env()
+    topology = Topology(launch.world_size, 1, launch.world_size - 1, launch.world_size - 1, 0)
+    groups = init_distributed(launch, topology, on_cuda=False, timeout_s=60)
+    session = types.SimpleNamespace(groups=groups, config=Config(comm_timeout=timeout_s), rank=launch.rank,
+                                    device=torch.device("cpu"), topology=topology)
+    return link_channel(session, 0), groups, topology

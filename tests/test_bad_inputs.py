@@ -260,6 +260,10 @@ CATALOGUE = {
         marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
     "fp16 on CPU": Bad(lambda t, c: ["--precision", "fp16"],
                        "--precision fp16 needs CUDA (--on_cuda True); on CPU use bf16 or fp32"),
+    "on_cuda with fewer GPUs than processes": pytest.param(
+        Bad(lambda t, c: ["--on_cuda", "True"], "--on_cuda True runs 3 processes on this node but it has"),
+        marks=pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() >= 3,
+                                 reason="needs CUDA with fewer than 3 GPUs")),
     "n_clients below client processes": Bad(lambda t, c: ["--n_clients", "1"], "2 client processes but --n_clients 1"),
     "centralized on several processes": Bad(lambda t, c: ["--algorithm", "centralized", "--n_clients", "1"],
                                             "--algorithm centralized runs on 1 process, not 3"),

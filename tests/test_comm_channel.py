@@ -8,7 +8,7 @@ import torch
 from fedbiobert.comm import Channel, LinkModel, PeerError, init_distributed, launch_info_from_env, shutdown
 from fedbiobert.messages import HEADER_BYTES, Control, Kind, Message
 from fedbiobert.topology import Topology
-from tests.distributed import run_processes
+from tests.distributed import run_processes, world_link_channel
 
 
 def _channel(timeout_s: float):
@@ -123,3 +123,53 @@ def test_an_emulated_link_holds_a_message_for_its_latency_plus_bytes_over_bandwi
     received = json.loads((tmp_path / "received.json").read_text())
     wire_bytes = 100_000 + HEADER_BYTES
     assert received - sent >= wire_bytes / 1e6 + 0.05 - 0.002  # the receiver waited for the emulated link
+
+
+SENT = 200
+RUN_AHEAD = 2  # the client reads OUTPUT b - RUN_AHEAD right after sending ACTIVATION b (client-head mode)
+
+
+def _activation(step: int) -> Message:
+    return Message(Kind.ACTIVATION, step=step, tensors=[torch.full((4, 16, 32), float(step)),  # 8 kB of hidden
+                                                        torch.ones(4, 16, dtype=torch.uint8), torch.arange(10)])
+
+
+def _memory_worker(rank, world_size, out_dir):
+    channel, _, _ = world_link_channel()
+    if rank == 0:  # server: take each message as it comes; answer an ACTIVATION with its OUTPUT
+        for _ in range(2 * SENT + 1):
+            message = channel.recv(None)
+            if message.kind is Kind.ACTIVATION:
+                channel.send(Message(Kind.OUTPUT, step=message.step, tensors=[message.tensors[0][:, :2]]), 1)
+    else:  # client: runs ahead by RUN_AHEAD batches, answers each OUTPUT with a GRAD; no flush until the end
+        def settle(step):
+            output = channel.recv(0)
+            assert output.kind is Kind.OUTPUT and output.step == step
+            channel.send(Message(Kind.GRAD, step=step, tensors=[output.tensors[0] * 2]), 0)
+        for step in range(SENT):
+            channel.send(_activation(step), 0)
+            if step >= RUN_AHEAD:
+                settle(step - RUN_AHEAD)
+        for step in range(SENT - RUN_AHEAD, SENT):
+            settle(step)
+        channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)
+    held_before_flush = channel.held_tensors
+    channel.flush()
+    (out_dir / f"held{rank}.json").write_text(json.dumps({
+        "peak_tensors": channel.peak_held_tensors, "peak_bytes": channel.peak_held_bytes,
+        "before_flush": held_before_flush, "after_flush": [channel.held_tensors, channel.held_bytes],
+        "sent_tensors": sum(n for (way, _), n in channel.bytes.messages.items() if way == "sent")}))
+    shutdown()
+
+
+def test_completed_sends_are_released_without_a_flush(tmp_path):
+    """Client-head traffic over real gloo processes: what a channel holds stays a few messages,
+    whatever the number sent (without releasing completed sends it would be all 200)."""
+    run_processes(_memory_worker, 2, tmp_path, timeout=60)
+    client = json.loads((tmp_path / "held1.json").read_text())
+    server = json.loads((tmp_path / "held0.json").read_text())
+    activation = _activation(0)
+    assert 3 <= client["peak_tensors"] <= 8 * len(activation.tensors)  # sent: 200 x 3 + 200 GRADs
+    assert client["peak_bytes"] <= 8 * activation.payload_bytes
+    assert 1 <= server["peak_tensors"] <= 8  # sent: 200 OUTPUTs of 1 tensor
+    assert client["after_flush"] == [0, 0] and server["after_flush"] == [0, 0]

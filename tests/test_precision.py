@@ -5,6 +5,7 @@ scaler scales, unscales and tells its routine overflow skips from failures, and 
 fp16 is refused on CPU for runs (config), but torch's CPU autocast and GradScaler do support fp16,
 so the scaler's logic is checked here on the CPU; what only a GPU shows (speed) is not.
 """
+import copy
 import math
 
 import pytest
@@ -12,13 +13,16 @@ import torch
 
 from fedbiobert.algorithms.base import Stepper
 from fedbiobert.metrics import read_events
-from fedbiobert.model import gather_masked, masked_positions, mlm_loss
+from fedbiobert.model import (ModelSpec, build_full_model, gather_masked, keep_forward, masked_positions, mlm_loss,
+                              split_model)
 from fedbiobert.optim import Schedule
 from fedbiobert.precision import autocast, compute_dtype, grad_scaler
 from tests.launch import TINY_MODEL, torchrun
 from tests.split_setup import build_split
 
 SCHEDULE = Schedule(10, 0.0, 1e-2, 1e-2)
+SERVER_SPEC = ModelSpec("bert", vocab_size=200, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                        num_layers=3, max_len=16, pad_token_id=0)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +132,37 @@ def test_fp16_overflow_skips_are_routine_but_nan_losses_and_exhausted_scales_are
     assert (stepper.scaler_skips, stepper.skipped_steps) == (1, 2)
     stepper.backward(_fp16_forward(net))
     assert stepper.step(3) and not torch.equal(before, net[0].weight)
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["kept-graph", "recompute"])
+def test_bf16_server_late_backward_uses_the_forward_time_weights(recompute):
+    """The fedbiobert server's schedule in client-head mode, its forward under bf16 autocast: keep batch 0
+    (graph with stashed weights, or --server_recompute), step on batch 1, then back-propagate batch 0.
+    The gradients are those of batch 0's backward right after its forward, in the same precision."""
+    _, server = split_model(build_full_model(SERVER_SPEC, seed=0), 1, "client")
+    server.eval()  # no dropout: the immediate and the late backward see the same forward
+    reference = copy.deepcopy(server)
+    generator = torch.Generator().manual_seed(5)
+    hidden = [torch.randn(2, 16, 32, generator=generator) for _ in range(2)]
+    mask = torch.ones(2, 16, dtype=torch.long)
+    grad = torch.linspace(-1, 1, 4 * 32).view(4, 32)
+
+    def compute(call, index=0):
+        with autocast("bf16", server):
+            return call(hidden[index], mask).reshape(-1, 32)[torch.tensor([1, 4, 17, 20])]
+
+    compute(reference).backward(grad)
+    seen = _record_output_dtypes(_linears(server))
+    kept = keep_forward(server, compute, recompute)
+    assert seen and set(seen) == {torch.bfloat16}  # the kept forward ran its matmuls in bf16
+    optimizer = torch.optim.AdamW(server.parameters(), lr=0.05)
+    compute(server, index=1).float().square().mean().backward()  # another batch steps in between
+    optimizer.step()
+    optimizer.zero_grad()
+    kept.backward(grad)
+    for (name, param), (_, expected) in zip(server.named_parameters(), reference.named_parameters()):
+        assert param.dtype == param.grad.dtype == torch.float32
+        torch.testing.assert_close(param.grad, expected.grad, msg=name)
 
 
 # --- end to end: real torchrun processes ---------------------------------------------------------------

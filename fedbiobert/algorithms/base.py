@@ -67,12 +67,16 @@ class Stepper:
         """tensor.backward(grad) (a loss when grad is None), scaled by the loss scaler if there is one;
         `grad` is cast to `tensor`'s dtype (an autocast forward's output may be bf16/fp16)."""
         if grad is not None:
-            grad = grad.to(tensor.dtype)
-        elif self.scaler is not None:
-            self._nonfinite_loss |= not bool(torch.isfinite(tensor.detach()))
+            tensor.backward(self.scaled(grad.to(tensor.dtype)))
+            return
         if self.scaler is not None:
-            tensor, grad = (self.scaler.scale(tensor), None) if grad is None else (tensor, self.scaler.scale(grad))
-        tensor.backward(grad)
+            self._nonfinite_loss |= not bool(torch.isfinite(tensor.detach()))
+        self.scaled(tensor).backward()
+
+    def scaled(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A loss, or a gradient arriving for a backward into this Stepper's parameters, times the
+        fp16 loss scale (unchanged without a scaler)."""
+        return tensor if self.scaler is None else self.scaler.scale(tensor)
 
     def unscaled(self, grad: torch.Tensor) -> torch.Tensor:
         """A gradient computed by a `backward` of this Stepper (e.g. at the cut, for the peer), unscaled."""
@@ -176,6 +180,17 @@ class SplitServerTrainer(ServerTrainer):
         self.awaiting_grad: dict[tuple[int, int], tuple] = {}  # (client rank, step) -> what the GRAD needs
         self._awaiting_samples: dict[tuple[int, int], int] = {}  # ... and that batch's sequences
         self._samples = 0  # sequences this replica stepped on: its FedAvg weight
+        # What a server keeps for later GRADs is its largest memory: bounded per client process by the
+        # protocol (a fedbiobert client settles the OUTPUT of batch b - max_inflight before it steps on
+        # batch b; a fedbert client waits every step), and enforced here so a misbehaving peer cannot
+        # grow it. peak_kept is reported per round (memory in metrics.jsonl).
+        self.max_kept_per_client = self.kept_limit(config)
+        self.peak_kept = 0
+
+    @staticmethod
+    def kept_limit(config) -> int:
+        """Batches one client process may have awaiting their GRAD on this server at once."""
+        return config.max_inflight + 1
 
     @property
     def samples_seen(self) -> int:
@@ -200,6 +215,15 @@ class SplitServerTrainer(ServerTrainer):
             self._samples += self._awaiting_samples.pop(key, 0)
             return self.on_grad(message)
         raise RuntimeError(f"server got an unexpected {message.kind.name} from rank {message.source}")
+
+    def keep_for_grad(self, message, kept) -> None:
+        """Keep what the GRAD of this batch will need (paired with on_grad's pop)."""
+        from_source = sum(1 for source, _ in self.awaiting_grad if source == message.source)
+        if from_source >= self.max_kept_per_client:
+            raise RuntimeError(f"protocol error: rank {message.source} has {from_source} batches awaiting their GRAD "
+                               f"on this server, the most allowed is {self.max_kept_per_client}")
+        self.awaiting_grad[(message.source, message.step)] = kept
+        self.peak_kept = max(self.peak_kept, len(self.awaiting_grad))
 
     def finish(self) -> None:
         if self.awaiting_grad:

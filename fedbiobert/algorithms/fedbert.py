@@ -112,7 +112,13 @@ class FedBERTClient(ClientTrainer):
 
 
 class FedBERTServer(SplitServerTrainer):
-    """Keeps each batch's graph (cut input, output) in `awaiting_grad` until the client's GRAD."""
+    """Keeps each batch's graph (cut input, output) in `awaiting_grad` until the client's GRAD: one
+    at a time per client process, which waits for the GRAD at the cut before its next step (so no
+    stashing and nothing to recompute: the replica does not step between the forward and backward)."""
+
+    @staticmethod
+    def kept_limit(config) -> int:
+        return 1
 
     def on_activation(self, message: Message) -> StepResult | None:
         hidden, mask, positions = message.tensors[:3]
@@ -121,7 +127,7 @@ class FedBERTServer(SplitServerTrainer):
             last_hidden = self.model(cut_input, mask.long())
         if self.head_on_client:
             output = server_output(last_hidden, positions, self.full_output)
-            self.awaiting_grad[(message.source, message.step)] = (cut_input, output)
+            self.keep_for_grad(message, (cut_input, output))
             self._reply(message, Kind.OUTPUT, [output.detach().to(self.wire_dtype)])
             return None
         with autocast(self.precision, self.model):

@@ -35,8 +35,7 @@ import torch
 from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
                                         abandon_message, expect, loss_value, rows_at_masked, server_output)
 from fedbiobert.messages import Kind, Message
-from fedbiobert.model import (client_state_keys, gather_masked, masked_positions, mlm_loss, split_model,
-                              stash_weights)
+from fedbiobert.model import client_state_keys, gather_masked, keep_forward, masked_positions, mlm_loss, split_model
 from fedbiobert.precision import autocast
 
 
@@ -149,7 +148,12 @@ class FedBioBERTClient(ClientTrainer):
 
 
 class FedBioBERTServer(SplitServerTrainer):
-    """In client-head mode `awaiting_grad` holds each batch's forward inputs and RNG state."""
+    """In client-head mode `awaiting_grad` holds, per batch, a KeptGraph or RecomputedForward
+    (model/recompute.py) and its token count, until the client's GRAD comes."""
+
+    def __init__(self, algorithm, model, channel, round_idx: int):
+        super().__init__(algorithm, model, channel, round_idx)
+        self.recompute = algorithm.config.server_recompute
 
     def on_activation(self, message: Message) -> StepResult | None:
         hidden, mask, positions = message.tensors[:3]
@@ -164,25 +168,30 @@ class FedBioBERTServer(SplitServerTrainer):
                           client_id=message.client_id)
 
     def _forward_for_client_head(self, message: Message, hidden, mask, positions) -> None:
-        """Forward, keep the graph with stashed weights, send OUTPUT; backward when the GRAD comes.
+        """Forward, keep what the backward needs, send OUTPUT; backward when the GRAD comes.
 
-        By then the server has stepped on other batches; stashing makes the backward use this
-        forward's weights (see model/stash.py) instead of recomputing the forward. Under autocast the
-        matmuls save the bf16/fp16 casts of the weights, copies made at this forward (stashing copies
-        what does share the parameters' storage, e.g. fp32 LayerNorm weights on CUDA); the autocast
-        context closes before any step, so no cached cast outlives this forward.
+        By then the server has stepped on other batches. What is kept (model/recompute.py) is the
+        graph with this forward's weights stashed, or with --server_recompute the inputs, RNG state
+        and weights to run the forward again: either way the backward uses this forward's weights.
+        The forward (and a recomputation) runs under autocast: its matmuls save bf16/fp16 casts of the
+        weights, copies made at this forward (stashing copies what does share the parameters'
+        storage, e.g. LayerNorm weights); the context closes within `compute`, before any step, so no
+        cached cast outlives the forward.
         """
-        with stash_weights(self.model), autocast(self.precision, self.model):
-            output = server_output(self.model(hidden.float(), mask.long()), positions, self.full_output)
-        self.awaiting_grad[(message.source, message.step)] = (output, int(mask.sum()))
+        def compute(call):
+            with autocast(self.precision, self.model):
+                return server_output(call(hidden.float(), mask.long()), positions, self.full_output)
+
+        kept = keep_forward(self.model, compute, self.recompute)
+        self.keep_for_grad(message, (kept, int(mask.sum())))
         reply = Message(Kind.OUTPUT, client_id=message.client_id, round=self.round_idx, step=message.step,
-                        tensors=[output.detach().to(self.wire_dtype)])
+                        tensors=[kept.output.detach().to(self.wire_dtype)])
         self.channel.send(reply, message.source)  # paired with FedBioBERTClient._settle_outputs
         return None
 
     def on_grad(self, message: Message) -> StepResult:
-        output, tokens = self.awaiting_grad.pop((message.source, message.step))
-        self.stepper.backward(output, message.tensors[0])  # cast to the output's dtype (bf16 under autocast)
+        kept, tokens = self.awaiting_grad.pop((message.source, message.step))
+        kept.backward(self.stepper.scaled(message.tensors[0].float()))  # fp16: times the loss scale
         self.stepper.step(message.step)
         return StepResult(global_loss=message.scalars[1], tokens=tokens, step=message.step,
                           client_id=message.client_id)

@@ -105,6 +105,11 @@ def _validate_optimisation(config: Config) -> None:
 
 
 def _validate_servers(config: Config) -> None:
+    if config.server_recompute:
+        _require(config.algorithm == "fedbiobert" and config.head_placement == "client",
+                 f"--server_recompute True applies to --algorithm fedbiobert with --head_placement client (the only "
+                 f"server that keeps graphs across steps), not --algorithm {config.algorithm} with "
+                 f"--head_placement {config.head_placement}")
     if config.is_split:
         _require(config.num_servers >= 1,
                  f"--num_device {config.num_device} must be at least 1 for --algorithm {config.algorithm}")
@@ -141,8 +146,10 @@ def _validate_model_shape(config: Config) -> None:
                  f"a tokenizer on the corpus (accepted: at least {MIN_VOCAB_SIZE}, or give --tokenizer)")
 
 
-def validate_world(config: Config, world_size: int, local_world_size: int, cuda_available: bool) -> None:
-    """Checks that depend on how many processes were launched and what devices exist."""
+def validate_world(config: Config, world_size: int, local_world_size: int, cuda_available: bool,
+                   cuda_device_count: int = 0) -> None:
+    """Checks that depend on how many processes were launched and what devices exist
+    (`cuda_device_count`: GPUs visible on this node; read only with --on_cuda True)."""
     servers = config.num_servers
     num_client_processes = world_size - servers
     _require(num_client_processes >= 1,
@@ -170,11 +177,23 @@ def validate_world(config: Config, world_size: int, local_world_size: int, cuda_
     if config.on_cuda:
         _require(cuda_available, "--on_cuda True but CUDA is not available on this machine "
                  "(use --on_cuda False for CPU and gloo)")
+        _validate_gpu_count(config, local_world_size, cuda_device_count)
     gpu_ids = config.gpu_id_list
     if gpu_ids is not None:
         _require(len(gpu_ids) == local_world_size,
                  f"--gpu_ids '{config.gpu_ids}' has {len(gpu_ids)} id(s) but {local_world_size} processes "
                  "run on this node (give one id per local process)")
+
+
+def _validate_gpu_count(config: Config, local_world_size: int, cuda_device_count: int) -> None:
+    """Without --gpu_ids, local rank i takes GPU i: a node needs a GPU per local process."""
+    if config.gpu_ids is not None:
+        return
+    example = ",".join(str(index % max(1, cuda_device_count)) for index in range(local_world_size))
+    _require(cuda_device_count >= local_world_size,
+             f"--on_cuda True runs {local_world_size} processes on this node but it has {cuda_device_count} GPU(s): "
+             f"pass --gpu_ids to map ranks explicitly (e.g. --gpu_ids {example}; NCCL refuses two ranks of "
+             "one process group on one GPU)")
 
 
 def server_schedule_for(config: Config, world_size: int) -> str:

@@ -105,6 +105,9 @@ class Config:
                                          "CLIENT:ROUND:nan", group="federation")
     max_inflight: int = _opt(4, "batches a client may run ahead of its server (client-head mode)",
                              group="federation")
+    server_recompute: bool = _opt(False, "fedbiobert, head on the client: keep each batch's inputs and weights "
+                                  "and run its server forward again when the GRAD comes, instead of keeping its "
+                                  "graph (much less memory for one more forward per batch)", group="federation")
     # --- optimisation -------------------------------------------------------------------
     batch_size: int = _opt(16, "sequences per batch", group="optim")
     max_len: int = _opt(128, "tokens per sequence (packed blocks)", group="optim")

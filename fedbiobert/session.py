@@ -22,6 +22,7 @@ from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, list
                              load_or_build_token_cache, partition, split_validation, validation_sample)
 from fedbiobert.model import ModelSpec, build_config, build_full_model, load_full_model
 from fedbiobert.optim import Schedule
+from fedbiobert.precision import configure_matmuls
 from fedbiobert.topology import Role, Topology
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def prepare_data(config: Config, launch: LaunchInfo, collectives: Collectives):
 def build_session(config: Config, launch: LaunchInfo, topology: Topology, groups: ProcessGroups,
                   start_time: float | None = None) -> Session:
     device = select_device(config, launch)
+    configure_matmuls(config)  # TF32 matmuls on CUDA
     set_cpu_threads(config, launch)
     collectives = Collectives(groups, device)
     tokenizer, corpus = prepare_data(config, launch, collectives)

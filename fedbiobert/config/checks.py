@@ -102,6 +102,8 @@ def _validate_optimisation(config: Config) -> None:
     _require(0 < config.mlm_probability < 1, f"--mlm_probability {config.mlm_probability} is outside (0, 1)")
     _require(config.max_grad_norm >= 0, f"--max_grad_norm {config.max_grad_norm} must be 0 or more")
     _require(config.weight_decay >= 0, f"--weight_decay {config.weight_decay} must be 0 or more")
+    _require(config.precision != "fp16" or config.on_cuda,
+             "--precision fp16 needs CUDA (--on_cuda True); on CPU use bf16 or fp32")
 
 
 def _validate_servers(config: Config) -> None:

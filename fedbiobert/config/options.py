@@ -19,6 +19,7 @@ SERVER_SCHEDULES = ("auto", "parallel", "sequential")
 CLIENT_SEEDS = ("distinct", "shared")
 SERVER_OUTPUTS = ("auto", "full", "masked")
 COMM_DTYPES = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # compute dtype of the forwards (fedbiobert/precision.py)
 AGGREGATE_WEIGHTINGS = ("samples", "uniform")
 # Flags of the original (image-oriented) code that mean nothing for text: accepted, then ignored.
 IGNORED_FLAGS = ("pn_normalize", "complex_arch", "world_conf")
@@ -115,6 +116,9 @@ class Config:
     warmup_ratio: float = _opt(0.06, "fraction of steps of linear warm-up", group="optim")
     weight_decay: float = _opt(0.01, "AdamW weight decay", group="optim")
     max_grad_norm: float = _opt(1.0, "clip gradient norm per optimizer step (0: no clipping)", group="optim")
+    precision: str = _opt("fp32", "compute precision of every forward (autocast; master weights, optimizer and "
+                          "losses stay fp32): bf16; fp16 (CUDA only, with a dynamic loss scaler); fp32 (on CUDA "
+                          "its matmuls use TF32). Independent of --comm_dtype", choices=PRECISIONS, group="optim")
     mlm_probability: float = _opt(0.15, "fraction of tokens masked", group="optim")
     manual_seed: int = _opt(42, "seed of everything", group="optim")
     same_seed_process: bool = _opt(True, "every process seeds its RNG with manual_seed (False: seed + rank)",

@@ -97,7 +97,8 @@ class RoundWriter:
         trained_until = time.time()  # the round's training ends here; validation and writing are not training
         state = self._resume_state(round_idx, pieces)
         model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
-        summary = self._round_event(round_idx, pieces, self.validation.evaluate(model), trained_until)
+        validation = self.validation.evaluate(model, self.config.precision)
+        summary = self._round_event(round_idx, pieces, validation, trained_until)
         state["run_seconds"] = summary["seconds"]
         export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer)
         save_resume_state(self.session.output_dir, state)

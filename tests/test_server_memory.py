@@ -113,11 +113,12 @@ def _round_memory(tmp_path, name: str, num_batch: int, extra: list[str]) -> dict
 
 @pytest.mark.parametrize("extra", [[], ["--server_recompute", "True"]], ids=["kept-graph", "recompute"])
 def test_what_a_run_keeps_does_not_grow_with_the_steps_of_a_round(tmp_path, extra):
-    """60 steps of one silo, head on the client: the channel's pending sends and the server's
-    batches awaiting a GRAD stay within the protocol's bound (max_inflight + 1 = 3 batches), where
-    keeping every send until the round's end would hold 60 messages' tensors."""
+    """60 steps of one silo, head on the client, --max_inflight 2: the server keeps at most
+    max_inflight + 1 = 3 batches for their GRADs, and the channels' pending sends stay within a few
+    messages, where keeping every send until the round's end would hold all 60 steps' tensors (the
+    client sends 4 payload tensors a step: an ACTIVATION's 3 and a GRAD). The channel bound has
+    slack: a delivered send is released at the next send or receive after its completion is seen."""
     memory = _round_memory(tmp_path, "run", 60, extra)
-    tensors_per_message = 4  # header + an ACTIVATION's 3 tensors (the most any message carries here)
     for role in ("client", "server"):
-        assert memory[role]["channel_peak_tensors"] <= 4 * tensors_per_message, (role, memory)
+        assert memory[role]["channel_peak_tensors"] <= 8 * 3, (role, memory)  # 8 ACTIVATIONs' worth; 240 unreleased
     assert 1 <= memory["server"]["kept_for_grad_peak"] <= 3

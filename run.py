@@ -22,6 +22,7 @@ from fedbiobert.algorithms import build_algorithm
 from fedbiobert.comm import LaunchError, PeerError, init_distributed, launch_info_from_env, shutdown
 from fedbiobert.config import ConfigError
 from fedbiobert.checkpoint import prepare_output_dir
+from fedbiobert.host_memory import fix_mmap_threshold
 from fedbiobert.logs import setup_logging, warnings_from_rank0
 from fedbiobert.preflight import check_run
 from fedbiobert.roles import build_role
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             time.sleep(STARTUP_REPORT_DELAY_S)  # exiting first would get local rank 0 stopped before it speaks
         return 2
+    fix_mmap_threshold(config.mmap_threshold_mb)  # before the model and data are allocated
     topology = Topology(launch.world_size, config.num_servers, config.n_clients, config.clients_per_round,
                         config.manual_seed)
     setup_logging(rank, topology.role(rank).value)

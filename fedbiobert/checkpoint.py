@@ -44,6 +44,8 @@ RESUME_MUST_MATCH = (
     "manual_seed", "client_seeds", "partition_data", "dirichlet_alpha", "label_suffix",
     "val_ratio", "val_blocks", "mlm_probability",
 )
+# Not --precision: master weights are fp32 in every precision, so a checkpoint means the same whatever
+# the compute dtype that trained it (a run may resume in another precision; see fedbiobert/precision.py).
 # Options that may change on resume but change the learning-rate schedule: a warning, not an error.
 RESUME_SHOULD_MATCH = ("n_comm_rounds", "n_local_rounds", "num_batch", "lr", "end_lr", "warmup_ratio")
 # Everything else may change on resume without a word: where the data lives (--data_dir: the token

@@ -22,6 +22,7 @@ import torch
 
 from fedbiobert.data import validation_batches, validation_sample
 from fedbiobert.model import gather_masked, masked_positions
+from fedbiobert.precision import autocast
 
 # A difference between two validation losses counts as real when it exceeds this many standard
 # errors of the difference (about 95% two-sided).
@@ -59,14 +60,16 @@ class ValidationSet:
         return len(self.file_of_row)
 
     @torch.no_grad()
-    def evaluate(self, model) -> ValidationResult | None:
-        """The model's validation loss (None without validation blocks), on the model's device."""
+    def evaluate(self, model, precision: str = "fp32") -> ValidationResult | None:
+        """The model's validation loss (None without validation blocks), on the model's device, its
+        forwards in the run's --precision (the loss itself in fp32)."""
         if not self.batches:
             return None
         model.eval()
         sums, counts = [], []
         for batch in self.batches:
-            block_sum, block_count = block_losses(model, batch)
+            with autocast(precision, model):
+                block_sum, block_count = block_losses(model, batch)
             sums.append(block_sum)
             counts.append(block_count)
         return summarise(torch.cat(sums), torch.cat(counts), self.file_of_row, self.files)
@@ -74,7 +77,8 @@ class ValidationSet:
 
 def block_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of the batch: the summed cross-entropy over its masked positions, and their number
-    (float64, on the CPU). Logits are computed at the masked positions only."""
+    (float64, on the CPU). Logits are computed at the masked positions only; the cross-entropy
+    takes them in fp32 whatever dtype an autocast forward gave them."""
     device = next(model.parameters()).device
     batch = batch.to(device)
     base = getattr(model, model.base_model_prefix)

@@ -2,7 +2,9 @@
 
 A `Session` is built once per process by `build_session` and handed to the role. Data preparation
 (tokenizer training, token cache) is done by local rank 0 of each node while the other local ranks
-wait at a barrier, then every rank loads the same cached files.
+wait at a barrier, then every rank opens the same cached files (memory-mapped) and keeps in memory
+only the blocks it will read: a client process those of the silos it hosts, a server none, rank 0
+also the validation sample it evaluates on (see `rows_this_process`).
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ import torch
 from fedbiobert.comm import Collectives, LaunchInfo, ProcessGroups
 from fedbiobert.config import Config, corpus_files_for
 from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, load_or_build_token_cache, partition,
-                             split_validation)
+                             split_validation, validation_sample)
 from fedbiobert.model import ModelSpec, build_config, build_full_model, load_full_model
 from fedbiobert.optim import Schedule
+from fedbiobert.precision import configure_matmuls
 from fedbiobert.topology import Role, Topology
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ class Session:
     corpus: TokenizedCorpus
     client_indices: list[torch.Tensor]      # training block indices of each logical client
     val_indices: torch.Tensor
+    val_sample: torch.Tensor                # the validation blocks rank 0 evaluates on (--val_blocks of them)
     masking: MaskingSpec
     hf_config: object
     schedule: Schedule
@@ -116,22 +120,35 @@ def prepare_data(config: Config, launch: LaunchInfo, collectives: Collectives):
 def build_session(config: Config, launch: LaunchInfo, topology: Topology, groups: ProcessGroups,
                   start_time: float | None = None) -> Session:
     device = select_device(config, launch)
+    configure_matmuls(config)  # TF32 matmuls on CUDA
     set_cpu_threads(config, launch)
     collectives = Collectives(groups, device)
     tokenizer, corpus = prepare_data(config, launch, collectives)
     train_indices, val_indices = split_validation(corpus)
     parts = partition(corpus, train_indices, config.n_clients, config.partition_data, config.manual_seed,
                       config.dirichlet_alpha)
+    val_sample = validation_sample(corpus, val_indices, config.val_blocks, config.manual_seed)
+    corpus.blocks.keep_only(rows_this_process(topology, launch.rank, parts, val_sample))
     hf_config = _model_config(config, tokenizer)
     session = Session(
         config=config, launch=launch, topology=topology, groups=groups, collectives=collectives,
         device=device, tokenizer=tokenizer, corpus=corpus, client_indices=parts,
-        val_indices=val_indices,
+        val_indices=val_indices, val_sample=val_sample,
         masking=MaskingSpec.from_tokenizer(tokenizer, config.mlm_probability), hf_config=hf_config,
         schedule=Schedule(config.total_steps, config.warmup_ratio, config.lr, config.end_lr),
         output_dir=Path(config.output_dir), start_time=start_time or time.time())
     _log_partition(session)
     return session
+
+
+def rows_this_process(topology: Topology, rank: int, client_indices: list[torch.Tensor],
+                      val_sample: torch.Tensor) -> torch.Tensor:
+    """The blocks this process reads: a client process those of the silos it hosts (the only ones
+    it trains), a server none; rank 0 (a server, or a client without servers) also the validation
+    sample, which its RoundWriter masks once at start-up."""
+    hosted = topology.clients_at(rank) if topology.role(rank) is Role.CLIENT else []
+    rows = [client_indices[client_id] for client_id in hosted] + ([val_sample] if rank == 0 else [])
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
 
 
 def _model_config(config: Config, tokenizer):
@@ -148,6 +165,9 @@ def _model_config(config: Config, tokenizer):
 
 
 def _log_partition(session: Session) -> None:
+    blocks = session.corpus.blocks
+    logger.info("%s holds %d of %d blocks of the corpus in memory (%.1f MiB)", session.topology.describe(session.rank),
+                len(blocks.held_rows), len(blocks), blocks.held_bytes / 2**20)
     if session.rank != 0:
         return
     sizes = [len(part) for part in session.client_indices]

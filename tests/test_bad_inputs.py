@@ -258,6 +258,8 @@ CATALOGUE = {
     "on_cuda without CUDA": pytest.param(
         Bad(lambda t, c: ["--on_cuda", "True"], "--on_cuda True but CUDA is not available"),
         marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
+    "fp16 on CPU": Bad(lambda t, c: ["--precision", "fp16"],
+                       "--precision fp16 needs CUDA (--on_cuda True); on CPU use bf16 or fp32"),
     "on_cuda with fewer GPUs than processes": pytest.param(
         Bad(lambda t, c: ["--on_cuda", "True"], "--on_cuda True runs 3 processes on this node but it has"),
         marks=pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() >= 3,

@@ -1,9 +1,12 @@
 """Tests of fedbiobert.data.loader: exact batch counts, sampling only the given blocks with
-seeded cycling permutations, identical batches for any num_workers, and validation batches."""
+seeded cycling permutations, identical batches for any num_workers, one loader (one set of
+workers) for many silos and rounds, and validation batches."""
+import multiprocessing
+
 import pytest
 import torch
 
-from fedbiobert.data.loader import Batch, client_batches, sample_plan, validation_batches
+from fedbiobert.data.loader import Batch, BatchLoader, client_batches, sample_plan, validation_batches
 from fedbiobert.data.masking import IGNORE_INDEX, MaskingSpec
 from fedbiobert.data.token_cache import TokenizedCorpus
 
@@ -30,7 +33,7 @@ def original_rows(corpus: TokenizedCorpus, batch: Batch) -> list[int]:
     unmasked = torch.where(batch.labels != IGNORE_INDEX, batch.labels, batch.input_ids)
     rows = []
     for row in unmasked:
-        matches = (corpus.blocks == row).all(dim=1).nonzero().flatten().tolist()
+        matches = (corpus.blocks[:] == row).all(dim=1).nonzero().flatten().tolist()
         assert len(matches) == 1
         rows.append(matches[0])
     return rows
@@ -74,6 +77,48 @@ def test_batches_are_identical_for_any_num_workers():
     assert in_process == with_workers
     other_seed = as_tuples(client_batches(corpus, indices, 4, 6, SPEC, seed=43, num_workers=0))
     assert other_seed != in_process
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_one_loader_serves_every_silo_and_round_with_the_same_workers(num_workers):
+    """A client process's BatchLoader is made once: its workers are forked on the first pass and
+    serve every later (silo, seed) pass, an abandoned half-read pass included, and each pass is
+    exactly the one-shot batches of that (silo, seed)."""
+    corpus = fake_corpus()
+    silos = {0: torch.arange(0, 7), 1: torch.arange(7, 20)}
+    loader = BatchLoader(corpus, batch_size=3, num_batches=4, spec=SPEC, num_workers=num_workers)
+    before = {child.pid for child in multiprocessing.active_children()}
+    workers = None
+    for round_seed in (5, 6):
+        for silo, indices in silos.items():
+            passes = loader.batches(indices, seed=round_seed * 10 + silo)
+            if silo == 1 and round_seed == 5:
+                next(passes)  # a silo cut off after one step: the next pass must not see its leftovers
+                continue
+            got = as_tuples(passes)
+            assert got == as_tuples(client_batches(corpus, indices, 3, 4, SPEC, seed=round_seed * 10 + silo))
+            now = {child.pid for child in multiprocessing.active_children()} - before
+            assert len(now) == num_workers and (workers is None or now == workers)
+            workers = now
+    assert as_tuples(loader.batches(silos[1], seed=51)) == as_tuples(client_batches(corpus, silos[1], 3, 4, SPEC, 51))
+
+
+def test_each_pass_advances_the_global_generator_as_a_fresh_data_loader_did():
+    """Dropout is seeded before a silo's passes: they must move the global generator alike for any
+    num_workers, and as much as when each pass made its own DataLoader."""
+    def after_passes(make_pass) -> list[float]:
+        torch.manual_seed(3)
+        draws = []
+        for seed in range(3):
+            list(make_pass(seed))
+            draws.append(torch.rand(1).item())
+        return draws
+
+    corpus = fake_corpus()
+    expected = after_passes(lambda seed: torch.utils.data.DataLoader(range(2), batch_size=None))
+    for num_workers in (0, 2):
+        loader = BatchLoader(corpus, 2, 2, SPEC, num_workers=num_workers)
+        assert after_passes(lambda seed: loader.batches(torch.arange(5), seed)) == expected
 
 
 def test_zero_batches_and_bad_arguments():

@@ -54,11 +54,13 @@ def test_pack_drops_a_tiny_tail_but_keeps_a_lone_short_block():
 
 def test_real_slice_blocks_are_framed_and_grouped(corpus_files, tokenizer, tmp_path):
     corpus = load_or_build_token_cache(corpus_files, tokenizer, MAX_LEN, tmp_path / "cache")
-    assert corpus.blocks.dtype == torch.int64 and corpus.blocks.shape == (len(corpus), MAX_LEN)
+    blocks = corpus.blocks[:]
+    assert blocks.dtype == corpus.blocks.dtype == torch.int64 and corpus.blocks.shape == (len(corpus), MAX_LEN)
     assert corpus.files == [f"{NOTES}.txt", "wiki.txt", "genia.txt"]
-    assert (corpus.blocks[:, 0] == tokenizer.cls_token_id).all()
-    lengths = (corpus.blocks != tokenizer.pad_token_id).sum(dim=1)
-    last_real = corpus.blocks[torch.arange(len(corpus)), lengths - 1]
+    assert (blocks[:, 0] == tokenizer.cls_token_id).all()
+    lengths = (blocks != tokenizer.pad_token_id).sum(dim=1)
+    assert torch.equal(corpus.lengths, lengths)  # the metadata's counts, without reading a block
+    last_real = blocks[torch.arange(len(corpus)), lengths - 1]
     assert (last_real == tokenizer.sep_token_id).all()
     assert (lengths[:-1] >= 2).all() and lengths.max() == MAX_LEN
     assert corpus.num_tokens() == int(lengths.sum())
@@ -89,8 +91,8 @@ def test_second_call_reuses_the_cache_without_tokenizing(
     corpus_files, tokenizer, tmp_path, monkeypatch, caplog
 ):
     first = load_or_build_token_cache(corpus_files, tokenizer, MAX_LEN, tmp_path / "cache")
-    cache_files = sorted((tmp_path / "cache" / "tokens").glob("*.pt"))
-    assert len(cache_files) == 3
+    cache_files = sorted((tmp_path / "cache" / "tokens").glob("*.*"))
+    assert len(cache_files) == 6 and {path.suffix for path in cache_files} == {".pt", ".npy"}
     mtimes = [path.stat().st_mtime_ns for path in cache_files]
 
     def fail(*args, **kwargs):
@@ -100,7 +102,7 @@ def test_second_call_reuses_the_cache_without_tokenizing(
         second = load_or_build_token_cache(corpus_files, tokenizer, MAX_LEN, tmp_path / "cache")
     assert caplog.text.count("reusing token cache") == 3
     assert [path.stat().st_mtime_ns for path in cache_files] == mtimes
-    assert torch.equal(first.blocks, second.blocks) and torch.equal(first.source, second.source)
+    assert torch.equal(first.blocks[:], second.blocks[:]) and torch.equal(first.source, second.source)
     assert first.unit == second.unit and first.files == second.files
 
 
@@ -132,28 +134,52 @@ def test_max_len_and_label_suffix_are_part_of_the_key(corpus_files, tokenizer, t
     load_or_build_token_cache(corpus_files[:1], tokenizer, MAX_LEN, cache)
     short = load_or_build_token_cache(corpus_files[:1], tokenizer, 32, cache)
     unlabelled = load_or_build_token_cache(corpus_files[:1], tokenizer, MAX_LEN, cache, label_suffix=None)
-    assert short.blocks.shape[1] == 32
+    assert short.blocks.shape[1] == 32 and short.blocks[:].shape[1] == 32
     assert set(unlabelled.unit) == {f"{NOTES}.txt"}
     assert len(list((cache / "tokens").glob("*.pt"))) == 3
 
 
-def test_damaged_cache_file_is_rebuilt(corpus_files, tokenizer, tmp_path, caplog):
+@pytest.mark.parametrize("damage", ["metadata", "blocks garbage", "blocks truncated", "blocks missing"])
+def test_damaged_cache_file_is_rebuilt(corpus_files, tokenizer, tmp_path, caplog, damage):
     cache = tmp_path / "cache"
-    first = load_or_build_token_cache(corpus_files[1:2], tokenizer, MAX_LEN, cache)
+    # Read before damaging: truncating a mapped file in place (which the cache itself never does, it
+    # replaces files) would make a later read of the map fault.
+    expected = load_or_build_token_cache(corpus_files[1:2], tokenizer, MAX_LEN, cache).blocks[:]
     (cache_file,) = (cache / "tokens").glob("*.pt")
-    cache_file.write_bytes(b"not a torch file")
+    blocks_file = cache_file.with_suffix(".npy")
+    if damage == "metadata":
+        cache_file.write_bytes(b"not a torch file")
+    elif damage == "blocks garbage":
+        blocks_file.write_bytes(b"not a numpy file")
+    elif damage == "blocks truncated":
+        blocks_file.write_bytes(blocks_file.read_bytes()[:-100])
+    else:
+        blocks_file.unlink()
     with caplog.at_level(logging.WARNING, logger="fedbiobert.data.token_cache"):
         again = load_or_build_token_cache(corpus_files[1:2], tokenizer, MAX_LEN, cache)
     assert "ignoring unreadable token cache" in caplog.text
-    assert torch.equal(first.blocks, again.blocks)
+    assert torch.equal(expected, again.blocks[:])
     assert not list((cache / "tokens").glob(".*.tmp"))  # no temp files left behind
+
+
+def test_blocks_are_an_int32_memory_map_of_the_cache(corpus_files, tokenizer, tmp_path):
+    """The cache stores raw int32 rows; a loaded corpus maps them and reads only the rows asked for."""
+    corpus = load_or_build_token_cache(corpus_files, tokenizer, MAX_LEN, tmp_path / "cache")
+    stored = [np.load(path) for path in sorted((tmp_path / "cache" / "tokens").glob("*.npy"))]
+    assert all(array.dtype == np.int32 and array.shape[1] == MAX_LEN for array in stored)
+    assert sum(len(array) for array in stored) == len(corpus)
+    assert all(isinstance(part, np.memmap) for part in corpus.blocks._parts)
+    assert corpus.blocks.held_rows is None and corpus.blocks.held_bytes == 0
+    rows = torch.tensor([len(corpus) - 1, 0, 3])
+    assert torch.equal(corpus.blocks[rows], corpus.blocks[:][rows])
 
 
 def test_roberta_blocks_use_bos_and_eos(corpus_files, tmp_path):
     roberta = build_tokenizer("roberta", None, corpus_files, tmp_path / "cache", vocab_size=1000)
     corpus = load_or_build_token_cache(corpus_files[2:], roberta, MAX_LEN, tmp_path / "cache")
-    assert (corpus.blocks[:, 0] == roberta.bos_token_id).all()
-    assert (corpus.blocks[:-1, -1] == roberta.eos_token_id).all()
+    blocks = corpus.blocks[:]
+    assert (blocks[:, 0] == roberta.bos_token_id).all()
+    assert (blocks[:-1, -1] == roberta.eos_token_id).all()
     assert corpus.pad_token_id == roberta.pad_token_id == 1
 
 

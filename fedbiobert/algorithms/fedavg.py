@@ -10,19 +10,24 @@ from __future__ import annotations
 
 from fedbiobert.algorithms.base import Algorithm, ClientTrainer, Stepper, StepResult, loss_value
 from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
+from fedbiobert.precision import autocast
 
 
 class FullModelClient(ClientTrainer):
     def __init__(self, algorithm, model, client_id: int):
         config = algorithm.config
         self.model, self.client_id = model, client_id
-        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+        self.precision = config.precision
+        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm,
+                               precision=self.precision)
 
     def step(self, batch, global_step: int) -> StepResult:
         positions = masked_positions(batch.labels)
-        hidden = self.model(batch.input_ids, batch.attention_mask)  # every encoder layer
-        loss = mlm_loss(self.model.final_logits(gather_masked(hidden, positions)), batch.labels.reshape(-1)[positions])
-        loss.backward()
+        with autocast(self.precision, self.model):
+            hidden = self.model(batch.input_ids, batch.attention_mask)  # every encoder layer
+            loss = mlm_loss(self.model.final_logits(gather_masked(hidden, positions)),
+                            batch.labels.reshape(-1)[positions])
+        self.stepper.backward(loss)
         self.stepper.step(global_step)
         return StepResult(global_loss=loss_value(loss), tokens=int(batch.attention_mask.sum()), step=global_step,
                           client_id=self.client_id)

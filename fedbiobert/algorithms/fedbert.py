@@ -32,6 +32,7 @@ from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTra
 from fedbiobert.config import server_schedule_for
 from fedbiobert.messages import Kind, Message
 from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
+from fedbiobert.precision import autocast
 
 
 class FedBERTClient(ClientTrainer):
@@ -42,7 +43,9 @@ class FedBERTClient(ClientTrainer):
         self.head_on_client = config.head_placement == "client"
         self.full_output = config.server_sends_full_output
         self.wire_dtype = config.wire_dtype
-        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm)
+        self.precision = config.precision
+        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm,
+                               precision=self.precision)
         # The exchange of the current step still open with the server, for abandon():
         # (step, what comes next: "output" to receive, "answer" to send, "grad" to receive) or None.
         self.open_exchange: tuple[int, str] | None = None
@@ -50,7 +53,8 @@ class FedBERTClient(ClientTrainer):
     def step(self, batch, global_step: int) -> StepResult:
         positions = masked_positions(batch.labels)
         targets = batch.labels.reshape(-1)[positions]
-        hidden = self.model(batch.input_ids, batch.attention_mask)
+        with autocast(self.precision, self.model):
+            hidden = self.model(batch.input_ids, batch.attention_mask)
         tensors = [hidden.detach().to(self.wire_dtype), batch.attention_mask.to(torch.uint8), positions]
         if not self.head_on_client:
             tensors.append(targets)
@@ -60,7 +64,8 @@ class FedBERTClient(ClientTrainer):
         reply = self.channel.recv(self.server_rank)  # blocks: the GRAD at the cut
         expect(reply, Kind.GRAD, global_step, self.server_rank)
         self.open_exchange = None
-        hidden.backward(reply.tensors[0].to(hidden.dtype))
+        # The same fp16 loss scale as the final head's backward above: one step unscales both.
+        self.stepper.backward(hidden, reply.tensors[0])  # cast to hidden's dtype (bf16 under autocast)
         self.stepper.step(global_step)
         return StepResult(global_loss=global_loss, tokens=int(batch.attention_mask.sum()), step=global_step,
                           client_id=self.client_id)
@@ -90,12 +95,14 @@ class FedBERTClient(ClientTrainer):
         output = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
         expect(output, Kind.OUTPUT, global_step, self.server_rank)
         self.open_exchange = (global_step, "answer")
-        server_hidden = output.tensors[0].float().requires_grad_()
+        server_hidden = output.tensors[0].float().requires_grad_()  # a leaf: its grad is fp32
         at_masked = rows_at_masked(server_hidden, positions, self.full_output)
-        final_loss = mlm_loss(self.model.final_logits(at_masked), targets)
-        final_loss.backward()
+        with autocast(self.precision, self.model):
+            final_loss = mlm_loss(self.model.final_logits(at_masked), targets)
+        self.stepper.backward(final_loss)
         value = loss_value(final_loss)
-        self._send(Kind.GRAD, global_step, [server_hidden.grad.to(self.wire_dtype)], (math.nan, value))
+        grad = self.stepper.unscaled(server_hidden.grad)
+        self._send(Kind.GRAD, global_step, [grad.to(self.wire_dtype)], (math.nan, value))
         self.open_exchange = (global_step, "grad")
         return value
 
@@ -105,31 +112,42 @@ class FedBERTClient(ClientTrainer):
 
 
 class FedBERTServer(SplitServerTrainer):
-    """Keeps each batch's graph (cut input, output) in `awaiting_grad` until the client's GRAD."""
+    """Keeps each batch's graph (cut input, output) in `awaiting_grad` until the client's GRAD: one
+    at a time per client process, which waits for the GRAD at the cut before its next step (so no
+    stashing and nothing to recompute: the replica does not step between the forward and backward)."""
+
+    @staticmethod
+    def kept_limit(config) -> int:
+        return 1
 
     def on_activation(self, message: Message) -> StepResult | None:
         hidden, mask, positions = message.tensors[:3]
-        cut_input = hidden.float().requires_grad_()
-        last_hidden = self.model(cut_input, mask.long())
+        cut_input = hidden.float().requires_grad_()  # a leaf: the GRAD at the cut is fp32
+        with autocast(self.precision, self.model):
+            last_hidden = self.model(cut_input, mask.long())
         if self.head_on_client:
             output = server_output(last_hidden, positions, self.full_output)
-            self.awaiting_grad[(message.source, message.step)] = (cut_input, output)
+            self.keep_for_grad(message, (cut_input, output))
             self._reply(message, Kind.OUTPUT, [output.detach().to(self.wire_dtype)])
             return None
-        output = gather_masked(last_hidden, positions)
-        final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
-        final_loss.backward()
+        with autocast(self.precision, self.model):
+            final_loss = mlm_loss(self.model.final_logits(gather_masked(last_hidden, positions)), message.tensors[3])
+        self.stepper.backward(final_loss)
         value = loss_value(final_loss)
-        self._reply(message, Kind.GRAD, [cut_input.grad.to(self.wire_dtype)], (math.nan, value))
+        self._reply(message, Kind.GRAD, [self._cut_grad(cut_input)], (math.nan, value))
         self.stepper.step(message.step)
         return StepResult(global_loss=value, tokens=int(mask.sum()), step=message.step, client_id=message.client_id)
 
     def on_grad(self, message: Message) -> StepResult:
         cut_input, output = self.awaiting_grad.pop((message.source, message.step))
-        output.backward(message.tensors[0].float())
-        self._reply(message, Kind.GRAD, [cut_input.grad.to(self.wire_dtype)])  # paired with FedBERTClient.step
+        self.stepper.backward(output, message.tensors[0])  # cast to the output's dtype (bf16 under autocast)
+        self._reply(message, Kind.GRAD, [self._cut_grad(cut_input)])  # paired with FedBERTClient.step
         self.stepper.step(message.step)
         return StepResult(global_loss=message.scalars[1], step=message.step, client_id=message.client_id)
+
+    def _cut_grad(self, cut_input) -> torch.Tensor:
+        """The gradient at the cut for the client, unscaled (fp16) before the step updates the scale."""
+        return self.stepper.unscaled(cut_input.grad).to(self.wire_dtype)
 
     def _reply(self, message: Message, kind: Kind, tensors, scalars=(math.nan, math.nan)) -> None:
         self.channel.send(Message(kind, client_id=message.client_id, round=self.round_idx, step=message.step,

@@ -35,8 +35,8 @@ import torch
 from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
                                         abandon_message, expect, loss_value, rows_at_masked, server_output)
 from fedbiobert.messages import Kind, Message
-from fedbiobert.model import (client_state_keys, gather_masked, masked_positions, mlm_loss, split_model,
-                              stash_weights)
+from fedbiobert.model import client_state_keys, gather_masked, keep_forward, masked_positions, mlm_loss, split_model
+from fedbiobert.precision import autocast
 
 
 @dataclass
@@ -58,13 +58,15 @@ class FedBioBERTClient(ClientTrainer):
         self.full_output = config.server_sends_full_output
         self.max_inflight = config.max_inflight
         self.wire_dtype = config.wire_dtype
+        self.precision = config.precision
         schedule, decay, clip = algorithm.session.schedule, config.weight_decay, config.max_grad_norm
         final_head = model.final_head if self.head_on_client else None
         # The trunk (embeddings, client layers, auxiliary head) and the final head step apart: the
         # trunk on the auxiliary loss of batch b, the final head on the final loss of batch
-        # b - max_inflight when its OUTPUT is settled, each with its own clipping.
-        self.stepper = Stepper(model, schedule, decay, clip, skip=final_head)
-        self.final_head_stepper = Stepper(final_head, schedule, decay, clip) if final_head is not None else None
+        # b - max_inflight when its OUTPUT is settled, each with its own clipping (and fp16 loss scale).
+        self.stepper = Stepper(model, schedule, decay, clip, skip=final_head, precision=self.precision)
+        self.final_head_stepper = (Stepper(final_head, schedule, decay, clip, precision=self.precision)
+                                   if final_head is not None else None)
         self.awaited: collections.deque[_AwaitedOutput] = collections.deque()
         self.holding_output = False  # the oldest awaited OUTPUT was received but not yet answered
         self.last_step = -1
@@ -72,11 +74,12 @@ class FedBioBERTClient(ClientTrainer):
     def step(self, batch, global_step: int) -> StepResult:
         positions = masked_positions(batch.labels)
         targets = batch.labels.reshape(-1)[positions]
-        hidden = self.model(batch.input_ids, batch.attention_mask)
-        # Send first, so the server works on this batch while we compute the local loss.
-        self._send_activation(hidden, batch.attention_mask, positions, targets, global_step)
-        local_loss = mlm_loss(self.model.aux_logits(gather_masked(hidden, positions)), targets)
-        local_loss.backward()
+        with autocast(self.precision, self.model):
+            hidden = self.model(batch.input_ids, batch.attention_mask)
+            # Send first, so the server works on this batch while we compute the local loss.
+            self._send_activation(hidden, batch.attention_mask, positions, targets, global_step)
+            local_loss = mlm_loss(self.model.aux_logits(gather_masked(hidden, positions)), targets)
+        self.stepper.backward(local_loss)
         global_losses = self._settle_outputs(keep=self.max_inflight) if self.head_on_client else []
         if not self.head_on_client:
             self.channel.flush(max_pending=self.max_inflight)  # bound memory held by unsent activations
@@ -126,14 +129,18 @@ class FedBioBERTClient(ClientTrainer):
             message = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
             expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
             self.holding_output = True
-            server_hidden = message.tensors[0].float().requires_grad_()
+            server_hidden = message.tensors[0].float().requires_grad_()  # a leaf: its grad is fp32
             at_masked = rows_at_masked(server_hidden, awaited.positions, self.full_output)
-            final_loss = mlm_loss(self.model.final_logits(at_masked), awaited.targets)
-            final_loss.backward()  # grads for the client's final head, and d loss / d server_hidden
+            with autocast(self.precision, self.model):
+                final_loss = mlm_loss(self.model.final_logits(at_masked), awaited.targets)
+            # grads for the client's final head, and d loss / d server_hidden (unscaled before the
+            # step updates an fp16 loss scale)
+            self.final_head_stepper.backward(final_loss)
+            grad = self.final_head_stepper.unscaled(server_hidden.grad).to(self.wire_dtype)
             self.final_head_stepper.step(awaited.step)  # the final head only: the trunk has no grad here
             losses.append(loss_value(final_loss))
             reply = Message(Kind.GRAD, client_id=self.client_id, round=self.round_idx, step=awaited.step,
-                            scalars=(math.nan, losses[-1]), tensors=[server_hidden.grad.to(self.wire_dtype)])
+                            scalars=(math.nan, losses[-1]), tensors=[grad])
             self.channel.send(reply, self.server_rank)  # paired with FedBioBERTServer.handle (GRAD)
             self.awaited.popleft()
             self.holding_output = False
@@ -141,36 +148,50 @@ class FedBioBERTClient(ClientTrainer):
 
 
 class FedBioBERTServer(SplitServerTrainer):
-    """In client-head mode `awaiting_grad` holds each batch's forward inputs and RNG state."""
+    """In client-head mode `awaiting_grad` holds, per batch, a KeptGraph or RecomputedForward
+    (model/recompute.py) and its token count, until the client's GRAD comes."""
+
+    def __init__(self, algorithm, model, channel, round_idx: int):
+        super().__init__(algorithm, model, channel, round_idx)
+        self.recompute = algorithm.config.server_recompute
 
     def on_activation(self, message: Message) -> StepResult | None:
         hidden, mask, positions = message.tensors[:3]
         if self.head_on_client:
             return self._forward_for_client_head(message, hidden, mask, positions)
-        output = gather_masked(self.model(hidden.float(), mask.long()), positions)
-        final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
-        final_loss.backward()
+        with autocast(self.precision, self.model):
+            output = gather_masked(self.model(hidden.float(), mask.long()), positions)
+            final_loss = mlm_loss(self.model.final_logits(output), message.tensors[3])
+        self.stepper.backward(final_loss)
         self.stepper.step(message.step)
         return StepResult(global_loss=loss_value(final_loss), tokens=int(mask.sum()), step=message.step,
                           client_id=message.client_id)
 
     def _forward_for_client_head(self, message: Message, hidden, mask, positions) -> None:
-        """Forward, keep the graph with stashed weights, send OUTPUT; backward when the GRAD comes.
+        """Forward, keep what the backward needs, send OUTPUT; backward when the GRAD comes.
 
-        By then the server has stepped on other batches; stashing makes the backward use this
-        forward's weights (see model/stash.py) instead of recomputing the forward.
+        By then the server has stepped on other batches. What is kept (model/recompute.py) is the
+        graph with this forward's weights stashed, or with --server_recompute the inputs, RNG state
+        and weights to run the forward again: either way the backward uses this forward's weights.
+        The forward (and a recomputation) runs under autocast: its matmuls save bf16/fp16 casts of the
+        weights, copies made at this forward (stashing copies what does share the parameters'
+        storage, e.g. LayerNorm weights); the context closes within `compute`, before any step, so no
+        cached cast outlives the forward.
         """
-        with stash_weights(self.model):
-            output = server_output(self.model(hidden.float(), mask.long()), positions, self.full_output)
-        self.awaiting_grad[(message.source, message.step)] = (output, int(mask.sum()))
+        def compute(call):
+            with autocast(self.precision, self.model):
+                return server_output(call(hidden.float(), mask.long()), positions, self.full_output)
+
+        kept = keep_forward(self.model, compute, self.recompute)
+        self.keep_for_grad(message, (kept, int(mask.sum())))
         reply = Message(Kind.OUTPUT, client_id=message.client_id, round=self.round_idx, step=message.step,
-                        tensors=[output.detach().to(self.wire_dtype)])
+                        tensors=[kept.output.detach().to(self.wire_dtype)])
         self.channel.send(reply, message.source)  # paired with FedBioBERTClient._settle_outputs
         return None
 
     def on_grad(self, message: Message) -> StepResult:
-        output, tokens = self.awaiting_grad.pop((message.source, message.step))
-        output.backward(message.tensors[0].float())
+        kept, tokens = self.awaiting_grad.pop((message.source, message.step))
+        kept.backward(self.stepper.scaled(message.tensors[0].float()))  # fp16: times the loss scale
         self.stepper.step(message.step)
         return StepResult(global_loss=message.scalars[1], tokens=tokens, step=message.step,
                           client_id=message.client_id)

@@ -55,10 +55,15 @@ PRESETS: dict[str, Preset] = {
         num_attention_heads=4, intermediate_size=1024, vocab_size=16000, max_len=128, batch_size=8,
         num_batch=20, n_comm_rounds=6, n_clients=4, fedbiobert_cuts=(1, 3, 5), run_timeout=1800,
         nproc=2),
+    "base": Preset(  # BERT-base shape on this CPU: per-step stage times, bytes and memory at real width
+        name="base", description="BERT-base shape on a 2-core CPU (about 10 minutes for fedbiobert-6-6 and "
+        "fedbert-0-12)", num_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+        vocab_size=30522, max_len=128, batch_size=4, num_batch=3, n_comm_rounds=2, n_clients=2,
+        fedbiobert_cuts=(6,), links="none", nproc=2, val_blocks=32, run_timeout=1800),
     "gpu": Preset(  # the paper-sized setting (BERT-base shape)
         name="gpu", description="paper-sized BERT-base on CUDA", num_layers=12, hidden_size=768,
         num_attention_heads=12, intermediate_size=3072, vocab_size=30522, max_len=512, batch_size=16,
         num_batch=100, n_comm_rounds=10, n_clients=4, fedbiobert_cuts=(1, 3, 6, 11),
         run_timeout=4 * 3600, on_cuda=True),
 }
-PUBLIC_PRESETS = ("quick", "cpu", "gpu")
+PUBLIC_PRESETS = ("quick", "cpu", "base", "gpu")

@@ -89,6 +89,24 @@ def breakdown_table(rows: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+def stages_table(rows: list[dict]) -> str | None:
+    """Per-step stage seconds, bytes and peak memory per role (None if no run has them)."""
+    measured = [row for row in rows if row.get("per_step")]
+    if not measured:
+        return None
+    header = ["run", "client s/step", "server s/step", "MB up/step", "MB down/step", "client peak MB",
+              "server peak MB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in measured:
+        step, memory = row["per_step"], row.get("memory") or {}
+        cells = [row["name"], _num(step["client_compute_seconds"], 3), _num(step["server_compute_seconds"], 3),
+                 _megabytes(step["bytes_up"]), _megabytes(step["bytes_down"]),
+                 _num(memory.get("client", {}).get("peak_rss_mb"), 0),
+                 _num(memory.get("server", {}).get("peak_rss_mb"), 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: str) -> str:
     failed = [row for row in rows if row["status"] != "ok"]
     budget = sorted({row["tokens_per_round_budget"] for row in rows})
@@ -158,6 +176,11 @@ def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: s
         parts += ["", "Where the time goes (seconds over all rounds, mean over a role's processes; pipeline "
                   "efficiency = busiest process's compute time / round time, 1.0 = it never waited):", "",
                   breakdown]
+    stages = stages_table(rows)
+    if stages:
+        parts += ["", "Per step (one batch of one silo; steady rounds): each role's compute seconds, the "
+                  "split-learning bytes each way (the FedAvg model exchange is not in them), and each role's "
+                  "peak resident memory (the largest process of the role):", "", stages]
     if failed:
         parts += ["", "Failed runs:"] + [f"- `{row['name']}`: {row['error']} (log: {row['log']})" for row in failed]
     return "\n".join(parts) + "\n"

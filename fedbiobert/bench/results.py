@@ -68,6 +68,27 @@ def stage_compute(rounds: list[dict]) -> dict | None:
     return result
 
 
+def per_step(spec: RunSpec, rounds: list[dict]) -> dict | None:
+    """Per training step (one batch of one silo), over the steady rounds: each role's compute seconds
+    (a client process trains its silos' steps in turn, a server serves its clients' steps) and the
+    split-learning bytes each way (the FedAvg model exchange apart, per round). Participation is 1.0
+    in the benchmark, so a round has n_clients x num_batch steps."""
+    steady = steady_rounds(rounds)
+    stages = stage_compute(rounds)
+    steps = spec.n_clients * spec.num_batch
+    if not steady or not stages or not steps:
+        return None
+    client_processes = spec.nproc - spec.num_device
+    result = {"client_compute_seconds": stages["client"] * client_processes / steps,
+              "server_compute_seconds": stages["server"] * spec.num_device / steps if spec.num_device else None}
+    for way, key in (("up", "sent"), ("down", "received")):
+        split_bytes = [(entry.get(f"bytes_{key}") or 0) - (entry.get(f"model_bytes_{key}") or 0) for entry in steady]
+        result[f"bytes_{way}"] = statistics.median(split_bytes) / steps
+        result[f"model_bytes_{way}_per_round"] = statistics.median(entry.get(f"model_bytes_{key}") or 0
+                                                                   for entry in steady)
+    return result
+
+
 def loss_curve(rounds: list[dict]) -> list[dict]:
     """Per round end: cumulative training seconds and the losses (for loss_vs_time.png)."""
     curve, elapsed = [], 0.0
@@ -110,6 +131,8 @@ def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:
         "val_loss": summary.get("val_loss"), "val_loss_se": summary.get("val_loss_se"),
         "val_loss_by_file": summary.get("val_loss_by_file"), "val_perplexity": summary.get("val_perplexity"),
         "stage_compute": stage_compute(rounds),
+        "per_step": per_step(spec, rounds),
+        "memory": summary.get("memory"),
         "speedup_vs_fedbert": None, "speedup_vs_fedbert_masked": None, "curve": loss_curve(rounds),
     })
     row.update({key: summary[key] for key in OPTIONAL_SUMMARY_KEYS if key in summary})

@@ -91,6 +91,8 @@ def _validate_counts(config: Config) -> None:
         logger.warning("--participation_ratio %g of --n_clients %d rounds to 0 clients a round; sampling 1 "
                        "client each round", config.participation_ratio, config.n_clients)
     _require(config.num_workers >= 0, f"--num_workers {config.num_workers} must be 0 or more")
+    _require(0 <= config.mmap_threshold_mb <= 32,
+             f"--mmap_threshold_mb {config.mmap_threshold_mb} is outside [0, 32] (glibc's largest threshold is 32 MB)")
     _require(config.val_blocks >= 0, f"--val_blocks {config.val_blocks} must be 0 or more")
     _require(0 <= config.val_ratio < 0.5, f"--val_ratio {config.val_ratio} is outside [0, 0.5)")
     _require(config.comm_timeout > 0, f"--comm_timeout {config.comm_timeout} must be positive")
@@ -114,9 +116,16 @@ def _validate_optimisation(config: Config) -> None:
     _require(0 < config.mlm_probability < 1, f"--mlm_probability {config.mlm_probability} is outside (0, 1)")
     _require(config.max_grad_norm >= 0, f"--max_grad_norm {config.max_grad_norm} must be 0 or more")
     _require(config.weight_decay >= 0, f"--weight_decay {config.weight_decay} must be 0 or more")
+    _require(config.precision != "fp16" or config.on_cuda,
+             "--precision fp16 needs CUDA (--on_cuda True); on CPU use bf16 or fp32")
 
 
 def _validate_servers(config: Config) -> None:
+    if config.server_recompute:
+        _require(config.algorithm == "fedbiobert" and config.head_placement == "client",
+                 f"--server_recompute True applies to --algorithm fedbiobert with --head_placement client (the only "
+                 f"server that keeps graphs across steps), not --algorithm {config.algorithm} with "
+                 f"--head_placement {config.head_placement}")
     if config.is_split:
         _require(config.num_servers >= 1,
                  f"--num_device {config.num_device} must be at least 1 for --algorithm {config.algorithm}")

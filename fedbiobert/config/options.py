@@ -19,6 +19,7 @@ SERVER_SCHEDULES = ("auto", "parallel", "sequential")
 CLIENT_SEEDS = ("distinct", "shared")
 SERVER_OUTPUTS = ("auto", "full", "masked")
 COMM_DTYPES = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # compute dtype of the forwards (fedbiobert/precision.py)
 AGGREGATE_WEIGHTINGS = ("samples", "uniform")
 # Flags of the original (image-oriented) code that mean nothing for text: accepted, then ignored.
 IGNORED_FLAGS = ("pn_normalize", "complex_arch", "world_conf")
@@ -108,6 +109,9 @@ class Config:
                                          "CLIENT:ROUND:nan", group="federation")
     max_inflight: int = _opt(4, "batches a client may run ahead of its server (client-head mode)",
                              group="federation")
+    server_recompute: bool = _opt(False, "fedbiobert, head on the client: keep each batch's inputs and weights "
+                                  "and run its server forward again when the GRAD comes, instead of keeping its "
+                                  "graph (much less memory for one more forward per batch)", group="federation")
     # --- optimisation -------------------------------------------------------------------
     batch_size: int = _opt(16, "sequences per batch", group="optim")
     max_len: int = _opt(128, "tokens per sequence (packed blocks)", group="optim")
@@ -116,6 +120,9 @@ class Config:
     warmup_ratio: float = _opt(0.06, "fraction of steps of linear warm-up", group="optim")
     weight_decay: float = _opt(0.01, "AdamW weight decay", group="optim")
     max_grad_norm: float = _opt(1.0, "clip gradient norm per optimizer step (0: no clipping)", group="optim")
+    precision: str = _opt("fp32", "compute precision of every forward (autocast; master weights, optimizer and "
+                          "losses stay fp32): bf16; fp16 (CUDA only, with a dynamic loss scaler); fp32 (on CUDA "
+                          "its matmuls use TF32). Independent of --comm_dtype", choices=PRECISIONS, group="optim")
     mlm_probability: float = _opt(0.15, "fraction of tokens masked", group="optim")
     manual_seed: int = _opt(42, "seed of everything", group="optim")
     same_seed_process: bool = _opt(True, "every process seeds its RNG with manual_seed (False: seed + rank)",
@@ -168,6 +175,9 @@ class Config:
                                 "another several)", group="device")
     num_threads: int | None = _opt(None, "torch CPU threads per process (default: cores / local processes)",
                                    group="device")
+    mmap_threshold_mb: float = _opt(1.0, "host allocations of at least this many MB get their own mmap, returned "
+                                    "to the system when freed, so resident memory does not creep up with steps "
+                                    "(glibc; at most 32; 0 keeps glibc's dynamic threshold)", group="device")
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:

@@ -3,7 +3,8 @@ masking, validation/client partitions and batch loading. Knows client indices on
 from fedbiobert.data.corpus import (
     TEXT_SUFFIXES, Document, check_corpus_files, corpus_fingerprint, list_corpus_files, read_documents,
 )
-from fedbiobert.data.loader import Batch, client_batches, validation_batches
+from fedbiobert.data.blocks import BlockStore
+from fedbiobert.data.loader import Batch, BatchLoader, client_batches, validation_batches
 from fedbiobert.data.masking import MaskingSpec, mask_tokens
 from fedbiobert.data.partition import PARTITION_SCHEMES, partition, split_validation, validation_sample
 from fedbiobert.data.token_cache import TokenizedCorpus, load_or_build_token_cache
@@ -11,6 +12,8 @@ from fedbiobert.data.tokenizer import build_tokenizer, check_tokenizer, tokenize
 
 __all__ = [
     "Batch",
+    "BatchLoader",
+    "BlockStore",
     "Document",
     "MaskingSpec",
     "PARTITION_SCHEMES",

@@ -1,19 +1,23 @@
 """Masked training and validation batches of a client's blocks.
 
-Training batches come from a ``torch.utils.data.DataLoader`` whose dataset items are whole
-batches (``batch_size=None``), so ``num_workers``/``pin_memory`` keep their usual meaning.
-Which blocks form batch ``i`` is fixed up front from ``seed``, and batch ``i`` is masked with
-a generator seeded from ``(seed, i)``: the batches are identical for any ``num_workers``.
+Training batches come from one ``torch.utils.data.DataLoader`` per client process (`BatchLoader`),
+made once and kept for every silo, round and local round: with ``num_workers > 0`` its workers are
+forked once (``persistent_workers``) instead of for every (silo, round, local round). Its dataset
+items are whole batches (``batch_size=None``) and the plan it serves is switched per call of
+`BatchLoader.batches`: the sampler, which runs in this process, yields one key per batch, (the
+block ids of batch ``i``, the masking seed of batch ``i``), so a worker needs nothing but the key.
+Which blocks form batch ``i`` is fixed up front from ``seed``, and batch ``i`` is masked with a
+generator seeded from ``(seed, i)``: the batches are identical for any ``num_workers``.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fedbiobert.data.masking import MaskingSpec, mask_tokens
 from fedbiobert.data.token_cache import TokenizedCorpus
@@ -62,17 +66,65 @@ def make_batch(corpus: TokenizedCorpus, block_indices: torch.Tensor, spec: Maski
     return Batch(input_ids=masked, attention_mask=attention_mask, labels=labels)
 
 
-class _MaskedBatches(Dataset):
-    """Item ``i`` is batch ``i`` of a precomputed plan [num_batches, batch_size] of block ids."""
+class _MaskedBlocks(Dataset):
+    """Item ``(block_ids, seed)``: those blocks masked with a generator seeded with ``seed``."""
 
-    def __init__(self, corpus: TokenizedCorpus, plan: torch.Tensor, spec: MaskingSpec, seed: int):
-        self.corpus, self.plan, self.spec, self.seed = corpus, plan, spec, seed
+    def __init__(self, corpus: TokenizedCorpus, spec: MaskingSpec):
+        self.corpus, self.spec = corpus, spec
+
+    def __getitem__(self, key: tuple[torch.Tensor, int]) -> Batch:
+        block_ids, seed = key
+        return make_batch(self.corpus, block_ids, self.spec, seed)
+
+
+class _PlanKeys(Sampler):
+    """The keys of the plan being served: batch ``i`` is (plan row ``i``, batch_seed(seed, i))."""
+
+    def __init__(self):
+        self.plan, self.seed = torch.zeros((0, 0), dtype=torch.int64), 0
 
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __getitem__(self, batch_index: int) -> Batch:
-        return make_batch(self.corpus, self.plan[batch_index], self.spec, batch_seed(self.seed, batch_index))
+    def __iter__(self):
+        plan, seed = self.plan, self.seed  # read now: a later switch of plan does not change this pass
+        return ((plan[i], batch_seed(seed, i)) for i in range(len(plan)))
+
+
+class BatchLoader:
+    """Exactly ``num_batches`` masked batches of ``batch_size`` blocks per call of `batches`, from
+    one DataLoader (and, with ``num_workers > 0``, one set of worker processes) for its lifetime."""
+
+    def __init__(self, corpus: TokenizedCorpus, batch_size: int, num_batches: int, spec: MaskingSpec,
+                 num_workers: int = 0, pin_memory: bool = False):
+        _check_int("batch_size", batch_size, 1)
+        _check_int("num_batches", num_batches, 0)
+        _check_int("num_workers", num_workers, 0)
+        self.batch_size, self.num_batches = batch_size, num_batches
+        self._keys = _PlanKeys()
+        # Its own generator: the workers' base seeds (unused: masking is seeded per key) are not drawn
+        # from the global one, whose draws batches() makes explicit instead.
+        self.loader = DataLoader(_MaskedBlocks(corpus, spec), batch_size=None, sampler=self._keys,
+                                 num_workers=num_workers, pin_memory=pin_memory,
+                                 persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
+
+    def batches(self, indices: torch.Tensor, seed: int) -> Iterator[Batch]:
+        """The batches drawn from ``indices`` with ``seed`` (see sample_plan). One pass at a time:
+        a new call ends the previous pass (its unread batches are dropped)."""
+        indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
+        if self.num_batches > 0 and len(indices) == 0:
+            raise ValueError(
+                f"indices is empty but {self.num_batches} batches were asked for (accepted: at least one block)"
+            )
+        self._keys.plan = sample_plan(indices, self.batch_size, self.num_batches, seed)
+        self._keys.seed = seed
+        # One draw from the global generator per pass, for any num_workers, as when every pass made its
+        # own DataLoader iterator (each drew its base seed there): the dropout streams seeded before a
+        # silo trains, and so every run, stay what they were and equal across --num_workers.
+        torch.empty((), dtype=torch.int64).random_()
+        # With persistent workers this resets the one iterator: the workers drop what they had
+        # prefetched of the previous pass and start on this plan's keys.
+        return iter(self.loader)
 
 
 def client_batches(
@@ -84,24 +136,10 @@ def client_batches(
     seed: int,
     num_workers: int = 0,
     pin_memory: bool = False,
-) -> Iterable[Batch]:
-    """Exactly ``num_batches`` masked batches of ``batch_size`` blocks drawn from ``indices``."""
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_batches", num_batches, 0)
-    _check_int("num_workers", num_workers, 0)
-    indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
-    if num_batches > 0 and len(indices) == 0:
-        raise ValueError(
-            f"indices is empty but {num_batches} batches were asked for (accepted: at least one block)"
-        )
-    plan = sample_plan(indices, batch_size, num_batches, seed)
-    return DataLoader(
-        _MaskedBatches(corpus, plan, spec, seed),
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    )
+) -> Iterator[Batch]:
+    """Exactly ``num_batches`` masked batches of ``batch_size`` blocks drawn from ``indices``
+    (a one-pass BatchLoader)."""
+    return BatchLoader(corpus, batch_size, num_batches, spec, num_workers, pin_memory).batches(indices, seed)
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:

@@ -17,9 +17,12 @@ partial block of a group is padded with the pad id; it is dropped only when it h
 fewer than ``MIN_TAIL_CONTENT_TOKENS`` content ids and the group has other blocks (a
 nearly-empty block wastes a forward pass and yields almost no MLM targets).
 
-One cache file per corpus file lives at ``<cache_dir>/tokens/<key>.pt``; the key hashes
-the file and sidecar content, the tokenizer fingerprint, ``max_len``, the label suffix and
-a format version, so any change invalidates it.
+Each corpus file has two cache files under ``<cache_dir>/tokens/``: ``<key>.npy``, its blocks as a
+raw int32 array, and ``<key>.pt``, the small per-block metadata (unit, held_out, number of
+non-pad ids), written last so that it marks a complete entry. The key hashes the file and sidecar
+content, the tokenizer fingerprint, ``max_len``, the label suffix and a format version, so any
+change invalidates it. The ``.npy`` files are opened memory-mapped (see blocks.BlockStore): a
+process reads only the rows it asks for, and keeps only those it is told to (its own silos').
 """
 from __future__ import annotations
 
@@ -37,13 +40,15 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from fedbiobert.data.blocks import BlockStore
 from fedbiobert.data.corpus import Document, file_sha256, read_documents, sidecar_path
 from fedbiobert.data.tokenizer import block_end_id, block_start_id, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
 # Bump when the packing or file layout changes so stale caches are rebuilt.
-TOKEN_CACHE_FORMAT_VERSION = 2  # 2: validation documents packed apart (held_out)
+# 2: validation documents packed apart (held_out); 3: blocks in a memory-mappable int32 .npy beside the .pt
+TOKEN_CACHE_FORMAT_VERSION = 3
 MIN_MAX_LEN = 8
 MIN_TAIL_CONTENT_TOKENS = 16
 _TOKENIZE_BATCH_DOCS = 1000
@@ -51,29 +56,40 @@ _TOKENIZE_BATCH_DOCS = 1000
 
 @dataclass
 class TokenizedCorpus:
-    """Packed blocks of a whole corpus, with the file and partition unit of each block."""
+    """Packed blocks of a whole corpus, with the file and partition unit of each block.
 
-    blocks: torch.Tensor  # int64 [N, max_len], padded with pad_token_id
+    ``blocks`` reads rows as int64 tensors (``blocks[indices]``); everything else is small
+    per-block metadata, which is all the partition and the validation sample need."""
+
+    blocks: BlockStore  # [N, max_len] rows padded with pad_token_id (a tensor given here is wrapped)
     source: torch.Tensor  # int64 [N], index into `files`
     unit: list[str]  # per block: its sidecar label, else its file name
     files: list[str]  # file names, in corpus order
     pad_token_id: int
     held_out: torch.Tensor | None = None  # bool [N]: the block holds validation documents only
+    lengths: torch.Tensor | None = None  # int64 [N]: non-pad ids per block (computed when not given)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.blocks, BlockStore):
+            self.blocks = BlockStore.from_array(torch.as_tensor(self.blocks).numpy())
+        if self.lengths is None:  # an in-memory corpus (tests): a cache gives the lengths from its metadata
+            self.lengths = (self.blocks[:] != self.pad_token_id).sum(dim=1)
 
     def __len__(self) -> int:
-        return int(self.blocks.shape[0])
+        return len(self.blocks)
 
     def num_tokens(self, indices: torch.Tensor | None = None) -> int:
-        """Number of non-pad ids in all blocks, or in the blocks at ``indices``."""
-        blocks = self.blocks if indices is None else self.blocks[indices]
-        return int((blocks != self.pad_token_id).sum())
+        """Number of non-pad ids in all blocks, or in the blocks at ``indices`` (from the
+        metadata: no block is read)."""
+        return int(self.lengths.sum() if indices is None else self.lengths[indices].sum())
 
 
 @dataclass
 class _PackedFile:
-    blocks: torch.Tensor  # int64 [n, max_len]
+    blocks: np.ndarray  # [n, max_len]: int64 when just packed, the int32 memory map when read from the cache
     units: list[str]  # per block
     held_out: torch.Tensor  # bool [n]
+    lengths: torch.Tensor  # int64 [n]: non-pad ids per block
 
 
 def load_or_build_token_cache(
@@ -98,9 +114,16 @@ def load_or_build_token_cache(
         cache_file = tokens_dir / f"{_cache_key(file, tokenizer_id, max_len, label_suffix, val_ratio)}.pt"
         packed = _load_cached(cache_file, max_len)
         if packed is None:
-            packed = _pack_file(file, tokenizer, max_len, label_suffix, val_ratio)
-            _save_atomically(packed, cache_file)
-        _log_file_done(file, packed, position, len(files), started, tokenizer.pad_token_id)
+            _save_atomically(_pack_file(file, tokenizer, max_len, label_suffix, val_ratio), cache_file)
+            # The process that tokenized (local rank 0) had to hold this file's blocks once; it drops
+            # them and reopens the cache memory-mapped, like every other rank, so it keeps no more of
+            # the corpus than they do.
+            packed = _load_cached(cache_file, max_len)
+            if packed is None:
+                raise RuntimeError(f"token cache {cache_file} cannot be read back right after it was written")
+        else:
+            logger.info("reusing token cache %s", cache_file)
+        _log_file_done(file, packed, position, len(files), started)
         packed_files.append(packed)
     corpus = _concatenate(packed_files, files, tokenizer.pad_token_id)
     logger.info(
@@ -120,6 +143,8 @@ def _check_arguments(files: list[Path], tokenizer, max_len: int) -> None:
             f"tokenizer {type(tokenizer).__name__} lacks a pad, cls/bos or sep/eos token "
             "(accepted: a tokenizer with all three)"
         )
+    if len(tokenizer) > np.iinfo(np.int32).max:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens (accepted: fewer than 2**31, stored as int32)")
 
 
 def _cache_key(file: Path, tokenizer_id: str, max_len: int, label_suffix: str | None, val_ratio: float) -> str:
@@ -137,25 +162,30 @@ def _cache_key(file: Path, tokenizer_id: str, max_len: int, label_suffix: str | 
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
 
+def _blocks_file(cache_file: Path) -> Path:
+    return cache_file.with_suffix(".npy")
+
+
 def _load_cached(cache_file: Path, max_len: int) -> _PackedFile | None:
+    """The cached entry (its blocks memory-mapped, nothing read), or None when there is none or it
+    is unusable."""
     if not cache_file.is_file():
         return None
     try:
         state = torch.load(cache_file, weights_only=True)
-        blocks = state["blocks"].long()
         units = [state["unit_names"][i] for i in state["unit_index"].tolist()]
-        held_out = state["held_out"].bool()
-    except (OSError, RuntimeError, EOFError, KeyError, IndexError, pickle.UnpicklingError) as error:
+        held_out, lengths = state["held_out"].bool(), state["lengths"].long()
+        blocks = np.load(_blocks_file(cache_file), mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError, IndexError, pickle.UnpicklingError) as error:
         # A damaged cache file is only a lost speed-up: rebuild it rather than fail the run.
         logger.warning("ignoring unreadable token cache %s (%s); rebuilding it", cache_file, error)
         return None
-    if blocks.ndim != 2 or blocks.shape[1] != max_len or not len(units) == len(held_out) == blocks.shape[0]:
-        logger.warning(
-            "ignoring token cache %s with unexpected shape %s; rebuilding it", cache_file, tuple(blocks.shape)
-        )
+    if (blocks.ndim != 2 or blocks.shape[1] != max_len or blocks.dtype != np.int32
+            or not len(units) == len(held_out) == len(lengths) == blocks.shape[0]):
+        logger.warning("ignoring token cache %s with unexpected shape %s (%s); rebuilding it", cache_file,
+                       tuple(blocks.shape), blocks.dtype)
         return None
-    logger.info("reusing token cache %s", cache_file)
-    return _PackedFile(blocks=blocks, units=units, held_out=held_out)
+    return _PackedFile(blocks=blocks, units=units, held_out=held_out, lengths=lengths)
 
 
 def held_out_documents(texts: list[str], val_ratio: float) -> set[int]:
@@ -190,8 +220,8 @@ def _pack_file(file: Path, tokenizer, max_len: int, label_suffix: str | None, va
         units.extend([unit] * len(blocks))
         flags.extend([is_held_out] * len(blocks))
     stacked = np.concatenate(block_arrays) if block_arrays else np.zeros((0, max_len), dtype=np.int64)
-    return _PackedFile(blocks=torch.from_numpy(stacked).long(), units=units,
-                       held_out=torch.tensor(flags, dtype=torch.bool))
+    return _PackedFile(blocks=stacked, units=units, held_out=torch.tensor(flags, dtype=torch.bool),
+                       lengths=torch.from_numpy((stacked != tokenizer.pad_token_id).sum(axis=1)))
 
 
 def _tokenize(documents: list[Document], tokenizer) -> list[list[int]]:
@@ -241,45 +271,49 @@ def _joined(docs: list[list[int]], separator: int):
 
 
 def _save_atomically(packed: _PackedFile, cache_file: Path) -> None:
-    """torch.save into a temp file beside ``cache_file``, then os.replace it into place."""
+    """The blocks (int32: every vocabulary is below 2**31, see _check_arguments) into
+    ``<key>.npy``, then the metadata into ``<key>.pt``, each written to a temp file beside it and
+    os.replace'd into place: a reader sees a whole entry or none (the .pt comes last)."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     unit_names = sorted(set(packed.units))
     unit_position = {name: index for index, name in enumerate(unit_names)}
     state = {
-        # int32 halves the file; every vocab here is far below 2**31.
-        "blocks": packed.blocks.to(torch.int32),
         "unit_names": unit_names,
         "unit_index": torch.tensor([unit_position[unit] for unit in packed.units], dtype=torch.int64),
         "held_out": packed.held_out,
+        "lengths": packed.lengths,
     }
-    handle, temp_name = tempfile.mkstemp(prefix=f".{cache_file.stem}.", suffix=".tmp", dir=cache_file.parent)
-    os.close(handle)
+    _replace_atomically(_blocks_file(cache_file), lambda handle: np.save(handle, packed.blocks.astype(np.int32)))
+    _replace_atomically(cache_file, lambda handle: torch.save(state, handle))
+
+
+def _replace_atomically(target: Path, write) -> None:
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        torch.save(state, temp_name)
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
         os.chmod(temp_name, 0o644)  # mkstemp creates it private; the cache is meant to be shared
-        os.replace(temp_name, cache_file)
+        os.replace(temp_name, target)
     finally:
         if os.path.exists(temp_name):
             os.unlink(temp_name)
 
 
-def _log_file_done(
-    file: Path, packed: _PackedFile, position: int, total: int, started: float, pad_id: int
-) -> None:
+def _log_file_done(file: Path, packed: _PackedFile, position: int, total: int, started: float) -> None:
     logger.info(
         "tokens %d/%d %s: %d blocks, %d tokens (%.1fs elapsed)",
-        position, total, file.name, len(packed.blocks), int((packed.blocks != pad_id).sum()),
-        time.perf_counter() - started,
+        position, total, file.name, len(packed.blocks), int(packed.lengths.sum()), time.perf_counter() - started,
     )
 
 
 def _concatenate(packed_files: list[_PackedFile], files: list[Path], pad_id: int) -> TokenizedCorpus:
     block_counts = torch.tensor([len(packed.blocks) for packed in packed_files])
     return TokenizedCorpus(
-        blocks=torch.cat([packed.blocks for packed in packed_files]),
+        blocks=BlockStore([packed.blocks for packed in packed_files]),
         source=torch.repeat_interleave(torch.arange(len(packed_files)), block_counts),
         unit=[unit for packed in packed_files for unit in packed.units],
         files=[file.name for file in files],
         pad_token_id=int(pad_id),
         held_out=torch.cat([packed.held_out for packed in packed_files]),
+        lengths=torch.cat([packed.lengths for packed in packed_files]),
     )

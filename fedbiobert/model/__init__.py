@@ -22,6 +22,7 @@ from fedbiobert.model.mlm import (
     masked_targets,
     mlm_loss,
 )
+from fedbiobert.model.recompute import keep_forward
 from fedbiobert.model.stash import stash_weights
 from fedbiobert.model.split import (
     HEAD_PLACEMENTS,
@@ -39,7 +40,7 @@ from fedbiobert.model.split import (
 )
 
 __all__ = [
-    "ARCHS", "HEAD_PLACEMENTS", "stash_weights", "aliased_keys", "load_unique_state", "unique_state",
+    "ARCHS", "HEAD_PLACEMENTS", "stash_weights", "keep_forward", "aliased_keys", "load_unique_state", "unique_state",
     "IGNORE_INDEX", "AuxMLMHead", "ClientModel", "ModelSpec", "ServerModel",
     "arch_of", "build_config", "build_full_model", "build_joined_model", "client_state_keys",
     "full_mlm_loss", "gather_masked", "join_state_dicts", "load_full_model",

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from abc import ABC, abstractmethod
+
+import torch
 
 from fedbiobert.comm import ByteCounter
 
@@ -75,13 +78,31 @@ class RoleProcess(ABC):
         delta["elapsed"] = self._round_seconds
         return delta
 
+    def memory_report(self) -> dict[str, float]:
+        """This process's memory this round (`memory` in the round event, largest per role):
+        resident set now and its peak since the process started (MB), the CUDA allocator's peak
+        this round, and the tensors and payload bytes its channel kept alive for pending sends at
+        most this round. A role adds what it keeps itself (a server: batches awaiting a GRAD)."""
+        report = {"rss_mb": round(current_rss_bytes() / 2**20, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        if self.session.device.type == "cuda":
+            report["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(self.session.device) / 2**20, 1)
+            torch.cuda.reset_peak_memory_stats(self.session.device)
+        if self.channel is not None:
+            report["channel_peak_tensors"] = self.channel.peak_held_tensors
+            report["channel_peak_mb"] = round(self.channel.peak_held_bytes / 2**20, 3)
+            self.channel.reset_peaks()
+        return report
+
     def end_round(self, round_idx: int) -> None:
         """Gather the round to rank 0, which validates and writes it while every other rank waits in
         the broadcast of its verdict: the next round starts together on every rank, and no
         algorithm's round time absorbs rank 0's validation and writing (they are not training)."""
         piece = self.round_piece()
         piece.seconds = self.time_breakdown()
-        piece.bytes_sent, piece.bytes_received = self.byte_delta.take(self.byte_counter)
+        piece.memory = self.memory_report()
+        (piece.bytes_sent, piece.bytes_received, piece.model_bytes_sent,
+         piece.model_bytes_received) = self.byte_delta.take(self.byte_counter)
         pieces = self.session.collectives.gather_to_rank0(piece)  # every rank calls, once per round
         failure = None
         if self.writer is not None:
@@ -105,6 +126,15 @@ class RoleProcess(ABC):
                     this_time, summary["rounds_completed"], self.config.n_comm_rounds, summary["wall_seconds"],
                     summary["tokens_per_second"] or 0, _fmt(summary["final_global_loss"]), _fmt(summary["val_loss"]),
                     _fmt(summary["val_loss_se"]), _fmt(summary["val_perplexity"]), self.session.output_dir)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; 0 where it is not available)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _fmt(value) -> str:

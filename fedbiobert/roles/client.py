@@ -15,7 +15,7 @@ import torch
 
 from fedbiobert.aggregate import WeightedSum
 from fedbiobert.comm import LinkModel, PeerError, link_channel
-from fedbiobert.data import client_batches
+from fedbiobert.data import BatchLoader
 from fedbiobert.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
 from fedbiobert.model import load_unique_state, unique_state
@@ -58,6 +58,17 @@ class ClientProcess(RoleProcess):
         config = self.config
         self.link = LinkModel(config.link_bandwidth_mbps, config.link_latency_ms) if config.link else None
         self.events = EventLog(self.rank, "client", session.start_time)
+        # One loader for every silo, round and local round of this process: its workers (with
+        # --num_workers) are forked once, not once per (silo, round, local round).
+        self.batch_loader = BatchLoader(session.corpus, config.batch_size, config.num_batch, session.masking,
+                                        num_workers=config.num_workers, pin_memory=config.pin_memory)
+        # With --pin_memory on CUDA the loader hands over page-locked batches, so their copy to the GPU
+        # can be asynchronous (the CPU goes on to fetch the next batch). That is safe: the copy is queued
+        # on the current stream, which every later kernel reading the batch also runs on (the trainers
+        # use no other stream), so none reads it before the copy is done; and the caching host allocator
+        # keeps a pinned buffer until the copies recorded on it have finished, even once the CPU batch is
+        # dropped. From pageable memory, or to the CPU, non_blocking would do nothing: it is off there.
+        self.non_blocking = bool(config.pin_memory) and session.device.type == "cuda"
         self._apply_resume(session.resume)
 
     # --- one round ---------------------------------------------------------------------------------
@@ -169,7 +180,7 @@ class ClientProcess(RoleProcess):
         for local_round in range(config.n_local_rounds):
             for batch_idx, batch in enumerate(self._batches(client_id, round_idx, local_round)):
                 global_step = round_idx * config.steps_per_round + local_round * config.num_batch + batch_idx
-                result = trainer.step(batch.to(self.session.device), global_step)
+                result = trainer.step(batch.to(self.session.device, non_blocking=self.non_blocking), global_step)
                 self._record(result, round_idx)
                 if fault in ("error", "stall"):
                     _inject_fault(fault, config.silo_timeout)
@@ -212,9 +223,7 @@ class ClientProcess(RoleProcess):
     def _batches(self, client_id: int, round_idx: int, local_round: int):
         config = self.config
         seed = derive_seed(config.manual_seed, "batches", round_idx, self._seed_key(client_id), local_round)
-        return client_batches(self.session.corpus, self.session.client_indices[client_id], config.batch_size,
-                              config.num_batch, self.session.masking, seed=seed,
-                              num_workers=config.num_workers, pin_memory=config.pin_memory)
+        return self.batch_loader.batches(self.session.client_indices[client_id], seed)
 
     def round_piece(self) -> RoundPiece:
         first_client = self.rank == self.topology.client_ranks[0]

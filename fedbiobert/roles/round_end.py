@@ -30,12 +30,15 @@ class RoundPiece:
     events: list[dict]
     bytes_sent: int = 0          # during this round
     bytes_received: int = 0
+    model_bytes_sent: int = 0    # ... of which the FedAvg model exchange (kind STATE)
+    model_bytes_received: int = 0
     client_state: dict | None = None           # the global client part (first client rank only)
     server_state: dict | None = None           # this server's replica (after FedAvg if enabled)
     private_states: dict[int, dict] = field(default_factory=dict)  # client_id -> non-federated tensors
     seconds: dict[str, float] = field(default_factory=dict)  # compute / wait / comm / elapsed this round
     silos_sampled: int = 0       # client processes: silos sampled here this round
     silos_reported: int = 0      # ... and those whose update went into the average
+    memory: dict[str, float] = field(default_factory=dict)  # see RoleProcess.memory_report
 
 
 def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -43,15 +46,17 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class ByteDelta:
-    """Per-round byte counts from a channel's cumulative counter."""
+    """Per-round byte counts from a channel's cumulative counter: (sent, received, model exchange
+    sent, model exchange received), the last two the FedAvg traffic included in the first two."""
 
     def __init__(self):
-        self.last_sent = self.last_received = 0
+        self.last = (0, 0, 0, 0)
 
-    def take(self, counter) -> tuple[int, int]:
-        sent, received = counter.total("sent"), counter.total("received")
-        delta = (sent - self.last_sent, received - self.last_received)
-        self.last_sent, self.last_received = sent, received
+    def take(self, counter) -> tuple[int, int, int, int]:
+        now = (counter.total("sent"), counter.total("received"), counter.payload.get(("sent", "STATE"), 0),
+               counter.payload.get(("received", "STATE"), 0))
+        delta = tuple(value - last for value, last in zip(now, self.last))
+        self.last = now
         return delta
 
 
@@ -64,7 +69,8 @@ class RoundWriter:
         self.reporter = RunReporter(session.output_dir)
         self.progress = Progress(self.config.n_comm_rounds, self.config.steps_per_round, self.config.log_every,
                                  first_round=session.start_round)
-        self.validation = ValidationSet(session.corpus, session.val_indices, self.config.val_blocks,
+        # session.val_sample is validation_sample(val_indices, --val_blocks, seed): the rows rank 0 kept.
+        self.validation = ValidationSet(session.corpus, session.val_sample, None,
                                         self.config.batch_size, session.masking, seed=self.config.manual_seed)
         logger.info("validation set: %d blocks from %d files", len(self.validation),
                     len(set(self.validation.file_of_row.tolist())))
@@ -91,7 +97,8 @@ class RoundWriter:
         trained_until = time.time()  # the round's training ends here; validation and writing are not training
         state = self._resume_state(round_idx, pieces)
         model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
-        summary = self._round_event(round_idx, pieces, self.validation.evaluate(model), trained_until)
+        validation = self.validation.evaluate(model, self.config.precision)
+        summary = self._round_event(round_idx, pieces, validation, trained_until)
         state["run_seconds"] = summary["seconds"]
         export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer)
         save_resume_state(self.session.output_dir, state)
@@ -155,8 +162,11 @@ class RoundWriter:
             "tokens_per_second": tokens / round_seconds if round_seconds > 0 else None,
             "bytes_sent": sum(piece.bytes_sent for piece in clients),        # client -> server (up)
             "bytes_received": sum(piece.bytes_received for piece in clients),  # server -> client (down)
+            "model_bytes_sent": sum(piece.model_bytes_sent for piece in clients),  # ... of which FedAvg's
+            "model_bytes_received": sum(piece.model_bytes_received for piece in clients),
             "clients": sorted({event["client_id"] for event in steps if event["role"] == "client"}),
             "time_breakdown": time_breakdown(pieces),
+            "memory": memory_by_role(pieces),
             "clients_sampled": sum(piece.silos_sampled for piece in pieces),
             "clients_reported": sum(piece.silos_reported for piece in pieces),
         }
@@ -188,6 +198,7 @@ class RoundWriter:
             "bytes_down": sum(entry["bytes_received"] or 0 for entry in rounds),
             "link": self.config.link, "comm_dtype": self.config.comm_dtype,
             "time_breakdown": _sum_breakdowns(rounds),
+            "memory": _max_by_role(entry.get("memory") or {} for entry in rounds),
             "pipeline_efficiency": _pipeline_efficiency(rounds),
             "rounds": rounds,
         }
@@ -210,6 +221,20 @@ def time_breakdown(pieces: list[RoundPiece]) -> dict[str, dict[str, float]]:
                             for key in ("compute", "wait", "comm", "elapsed")}
             result[role]["max_compute"] = round(max(s["compute"] for s in seconds), 4)
             result[role]["max_elapsed"] = round(max(s["elapsed"] for s in seconds), 4)
+    return result
+
+
+def memory_by_role(pieces: list[RoundPiece]) -> dict[str, dict[str, float]]:
+    """Per role, the largest value over its processes of each memory figure this round."""
+    return _max_by_role({piece.role: piece.memory} for piece in pieces if piece.memory)
+
+
+def _max_by_role(entries) -> dict[str, dict[str, float]]:
+    result: dict[str, dict[str, float]] = {}
+    for entry in entries:
+        for role, figures in entry.items():
+            for key, value in figures.items():
+                result.setdefault(role, {})[key] = max(value, result.get(role, {}).get(key, value))
     return result
 
 

@@ -46,6 +46,7 @@ class ServerProcess(RoleProcess):
         self.events = EventLog(self.rank, "server", session.start_time)
         self.keepalive_every = self.config.comm_timeout / 4
         self.tokens_seen = 0
+        self.peak_kept = 0  # batches awaiting a GRAD at most, last round
         self.started = time.time()
         self._apply_resume(session.resume)
 
@@ -64,6 +65,7 @@ class ServerProcess(RoleProcess):
             self._serve(trainer, round_idx, set(self.client_ranks), source=None)
         trainer.finish()
         self.channel.flush()
+        self.peak_kept = getattr(trainer, "peak_kept", 0)
         if trainer.stepper.skipped_steps:
             logger.warning("server rank %d round %d: skipped %d step(s) with NaN/inf gradients", self.rank,
                            round_idx + 1, trainer.stepper.skipped_steps)
@@ -106,6 +108,9 @@ class ServerProcess(RoleProcess):
         averaged = weighted_sum.reduce(self.session.collectives.sum_servers)
         if averaged is not None:
             self.model.load_state_dict(averaged, strict=False)
+
+    def memory_report(self) -> dict[str, float]:
+        return {**super().memory_report(), "kept_for_grad_peak": self.peak_kept}
 
     def round_piece(self) -> RoundPiece:
         keep_replica = self.rank == 0 or not self.config.fedavg_server_model

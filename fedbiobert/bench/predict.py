@@ -1,0 +1,143 @@
+"""Predicted round time and speed-up from a benchmark's measured per-step stage times and bytes.
+
+    python -m fedbiobert.bench.predict bench-quick/results.json          # check the model on measured runs
+    python -m fedbiobert.bench.predict bench-base/results.json --paper   # and predict the paper's setting
+
+The model (every input is a measured figure of results.json's `per_step`, except the setting's own
+numbers: link bandwidth and latency, steps, silos):
+
+    transfer(n bytes) = n / bandwidth
+    FedBERT, every step waits for the server's gradient:
+        step = client + server + transfer(up) + transfer(down) + crossings x latency
+        (crossings per step: 4 with the head on the client, ACTIVATION, OUTPUT, GRAD, GRAD; 2 with it
+        on the server)
+    FedBioBERT, client and server overlap (the client waits for nothing with the head on the server,
+    and runs --max_inflight batches ahead with it on the client):
+        step = max(client, server, transfer(up), transfer(down))
+        fill = min(client, server) + latency             (each silo's first batch crosses both stages)
+    round = silos per client process x (steps x step + fill) + model exchange
+    model exchange = transfer(client part) up + down + 2 x latency, once per round (every silo has its
+        own link, so the silos of a round upload in parallel)
+
+Every silo of a round trains on its own client process with a server process of its own in the
+paper's setting (1 server with 4 GPUs, 10 clients, participation 0.4: 4 silos, 4 server processes),
+so the round is one silo's; in the benchmark's setting a client process trains its silos in turn.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Setting:
+    bandwidth_mbps: float | None  # None: no link (transfers take no time)
+    latency_ms: float
+    steps: int                    # batches per silo per round
+    silos_per_process: int
+
+    def transfer(self, nbytes: float) -> float:
+        return nbytes * 8 / (self.bandwidth_mbps * 1e6) if self.bandwidth_mbps else 0.0
+
+    @property
+    def latency(self) -> float:
+        return self.latency_ms / 1000 if self.bandwidth_mbps else 0.0
+
+
+def step_seconds(row: dict, setting: Setting) -> tuple[float, float]:
+    """(seconds per step, pipeline fill per silo) of a run's algorithm in `setting`."""
+    step = row["per_step"]
+    client, server = step["client_compute_seconds"], step["server_compute_seconds"] or 0.0
+    up, down = setting.transfer(step["bytes_up"]), setting.transfer(step["bytes_down"])
+    if row["algorithm"] == "fedbiobert":
+        return max(client, server, up, down), min(client, server) + setting.latency
+    if row["algorithm"] == "fedbert":
+        crossings = 4 if row.get("head_placement", "client") == "client" else 2
+        return client + server + up + down + crossings * setting.latency, 0.0
+    return client, 0.0  # full-model algorithms: no server stage
+
+
+def round_seconds(row: dict, setting: Setting) -> float:
+    step, fill = step_seconds(row, setting)
+    per_silo_exchange = (row["per_step"]["model_bytes_up_per_round"] + row["per_step"]["model_bytes_down_per_round"]) \
+        / max(1, row["n_clients"])
+    exchange = setting.transfer(per_silo_exchange) + 2 * setting.latency if per_silo_exchange else 0.0
+    return setting.silos_per_process * (setting.steps * step + fill) + exchange
+
+
+def measured_setting(row: dict) -> Setting:
+    """The setting a benchmark run was measured in."""
+    link = row.get("link") or {}
+    client_processes = row["nproc"] - row["num_device"]
+    return Setting(link.get("bandwidth_mbps"), link.get("latency_ms", 0.0), row["num_batch"],
+                   max(1, row["n_clients"] // client_processes))
+
+
+def check_rows(rows: list[dict]) -> list[dict]:
+    """The model against every measured run that has per-step figures: predicted / measured s/round."""
+    checked = []
+    for row in rows:
+        if row.get("status") != "ok" or not row.get("per_step") or not row.get("seconds_per_round"):
+            continue
+        predicted = round_seconds(row, measured_setting(row))
+        checked.append({"name": row["name"], "measured": row["seconds_per_round"], "predicted": predicted,
+                        "ratio": predicted / row["seconds_per_round"]})
+    return checked
+
+
+def paper_prediction(rows: list[dict], links: list[tuple[float, float]], steps: int) -> list[dict]:
+    """fedbiobert (each cut measured) and FedBERT 0-L in the paper's setting, per link."""
+    measured = {row["name"]: row for row in rows if row.get("status") == "ok" and row.get("per_step")}
+    baseline = next((row for name, row in measured.items() if row.get("baseline")), None)
+    if baseline is None:
+        raise SystemExit("python -m fedbiobert.bench.predict: error: --paper needs a measured fedbert-0-L run "
+                         "in the results (e.g. --only 'fedbiobert-6-6,fedbert-0-12')")
+    predictions = []
+    for bandwidth, latency in links:
+        setting = Setting(bandwidth, latency, steps, silos_per_process=1)
+        base_seconds = round_seconds(baseline, setting)
+        for name, row in measured.items():
+            if row["algorithm"] not in ("fedbiobert", "fedbert"):
+                continue
+            seconds = round_seconds(row, setting)
+            predictions.append({"name": name, "bandwidth_mbps": bandwidth, "latency_ms": latency,
+                                "round_seconds": seconds, "speedup_vs_fedbert": base_seconds / seconds})
+    return predictions
+
+
+def markdown(checked: list[dict], predictions: list[dict], steps: int) -> str:
+    lines = ["Model check (measured runs): predicted / measured seconds per round", "",
+             "| run | measured s/round | predicted | predicted / measured |", "|---|---|---|---|"]
+    lines += [f"| {c['name']} | {c['measured']:.2f} | {c['predicted']:.2f} | {c['ratio']:.2f} |" for c in checked]
+    if predictions:
+        lines += ["", f"Paper's setting (4 silos a round, each with its own client machine and server GPU process, "
+                  f"{steps} steps per silo), with this machine's measured per-step stage times:", "",
+                  "| run | link | predicted s/round | speed-up vs FedBERT 0-L |", "|---|---|---|---|"]
+        lines += [f"| {p['name']} | {p['bandwidth_mbps']:g} Mbit/s, {p['latency_ms']:g} ms | "
+                  f"{p['round_seconds']:.1f} | {p['speedup_vs_fedbert']:.2f}x |" for p in predictions]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedbiobert.bench.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a benchmark's results.json")
+    parser.add_argument("--paper", action="store_true", help="predict the paper's setting too")
+    parser.add_argument("--steps", type=int, default=100, help="--paper: batches per silo per round (default 100)")
+    parser.add_argument("--latency_ms", type=float, default=5.0, help="--paper: one-way link latency (default 5)")
+    args = parser.parse_args(argv)
+    if not args.results.is_file():
+        raise SystemExit(f"python -m fedbiobert.bench.predict: error: '{args.results}' is not a file "
+                         "(accepted: the results.json a benchmark wrote)")
+    rows = json.loads(args.results.read_text(encoding="utf-8"))
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    links = [(100.0, args.latency_ms), (10_000.0, args.latency_ms)]
+    predictions = paper_prediction(rows, links, args.steps) if args.paper else []
+    print(markdown(check_rows(rows), predictions, args.steps), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

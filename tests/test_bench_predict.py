@@ -1,0 +1,50 @@
+"""The round-time model of bench/predict.py on hand-computed cases."""
+import pytest
+
+from fedbiobert.bench.predict import Setting, check_rows, paper_prediction, round_seconds
+
+
+def _row(algorithm, client, server, up, down, head="client", model_bytes=0, **fields):
+    return {"name": f"{algorithm}-{head}", "algorithm": algorithm, "head_placement": head, "status": "ok",
+            "n_clients": 2, "num_batch": 10, "nproc": 2, "num_device": 1, "link": None,
+            "baseline": algorithm == "fedbert" and head == "client",
+            "per_step": {"client_compute_seconds": client, "server_compute_seconds": server, "bytes_up": up,
+                         "bytes_down": down, "model_bytes_up_per_round": model_bytes,
+                         "model_bytes_down_per_round": model_bytes}, **fields}
+
+
+LINK = Setting(bandwidth_mbps=8.0, latency_ms=10.0, steps=10, silos_per_process=1)  # 1 MB/s, 10 ms
+
+
+def test_fedbert_steps_add_compute_transfers_and_four_latencies():
+    row = _row("fedbert", 0.2, 0.3, up=100_000, down=50_000)
+    # per step: 0.2 + 0.3 + 0.1 s + 0.05 s + 4 x 0.01 s = 0.69 s; 10 steps; no fill, no model exchange
+    assert round_seconds(row, LINK) == pytest.approx(6.9)
+    server_head = _row("fedbert", 0.2, 0.3, up=100_000, down=50_000, head="server")
+    assert round_seconds(server_head, LINK) == pytest.approx(10 * (0.65 + 0.02))
+
+
+def test_fedbiobert_steps_take_the_slowest_stage_plus_one_fill():
+    row = _row("fedbiobert", 0.2, 0.3, up=100_000, down=50_000)
+    assert round_seconds(row, LINK) == pytest.approx(10 * 0.3 + 0.2 + 0.01)
+    link_bound = _row("fedbiobert", 0.2, 0.3, up=500_000, down=50_000)  # 0.5 s on the link per step
+    assert round_seconds(link_bound, LINK) == pytest.approx(10 * 0.5 + 0.2 + 0.01)
+
+
+def test_model_exchange_is_one_silos_upload_and_download():
+    row = _row("fedbiobert", 0.2, 0.3, up=0, down=0, model_bytes=2_000_000)  # 2 silos: 1 MB each way each
+    assert round_seconds(row, LINK) == pytest.approx(10 * 0.3 + 0.21 + (1.0 + 1.0 + 0.02))
+
+
+def test_the_check_uses_each_runs_own_setting():
+    row = _row("fedbiobert", 0.2, 0.3, up=0, down=0, seconds_per_round=6.4)  # 2 silos on 1 client process
+    [checked] = check_rows([row])
+    assert checked["predicted"] == pytest.approx(2 * (10 * 0.3 + 0.2))
+    assert checked["ratio"] == pytest.approx(6.4 / 6.4)
+
+
+def test_paper_prediction_speedup_is_against_fedbert_in_the_same_link():
+    rows = [_row("fedbert", 0.2, 0.3, up=0, down=0), _row("fedbiobert", 0.2, 0.3, up=0, down=0)]
+    predictions = paper_prediction(rows, [(8.0, 0.0)], steps=100)
+    fedbiobert = next(p for p in predictions if p["name"] == "fedbiobert-client")
+    assert fedbiobert["speedup_vs_fedbert"] == pytest.approx(100 * 0.5 / (100 * 0.3 + 0.2))

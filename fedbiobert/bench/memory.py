@@ -35,13 +35,14 @@ class Case:
     name: str
     algorithm: str
     flags: tuple[str, ...] = ()
+    diagnostic: bool = False  # shows what a fix prevents; not held to the target
 
 
 CASES = (
     Case("fedbiobert-client-head", "fedbiobert"),
     Case("fedbiobert-client-head-recompute", "fedbiobert", ("--server_recompute", "True")),
     # glibc's dynamic mmap threshold (the engine's fix undone): how much the heap alone would grow
-    Case("fedbiobert-client-head-dynamic-malloc", "fedbiobert", ("--mmap_threshold_mb", "0")),
+    Case("fedbiobert-client-head-dynamic-malloc", "fedbiobert", ("--mmap_threshold_mb", "0"), diagnostic=True),
     Case("fedbiobert-server-head", "fedbiobert", ("--head_placement", "server")),
     Case("fedbert-client-head", "fedbert"),
     Case("fedbert-server-head", "fedbert", ("--head_placement", "server")),
@@ -101,7 +102,8 @@ def measure(case: Case, args: argparse.Namespace, steps: int, settings: RunnerSe
 
 def compare(case: Case, short: dict, long: dict) -> dict:
     """Peak memory growth from N to 4N steps, per role."""
-    row = {"case": case.name, "short": short, "long": long, "growth": {}, "meets_target": None}
+    row = {"case": case.name, "short": short, "long": long, "growth": {}, "meets_target": None,
+           "diagnostic": case.diagnostic}
     if short["status"] != "ok" or long["status"] != "ok":
         return row
     for role in ("client", "server"):
@@ -132,8 +134,13 @@ def markdown(rows: list[dict], args: argparse.Namespace, machine: dict) -> str:
             f"{long_run['server']['peak_rss_mb']:.0f} | {row['growth']['server']:.3f}x | "
             f"{long_run['client'].get('channel_peak_tensors')}/{long_run['server'].get('channel_peak_tensors')} | "
             f"{long_run['server'].get('kept_for_grad_peak')} | {row['long']['seconds_per_step']:.2f} | "
-            f"{'met' if row['meets_target'] else 'NOT met'} |")
+            f"{_verdict(row)} |")
     return "\n".join(lines) + "\n"
+
+
+def _verdict(row: dict) -> str:
+    verdict = "met" if row["meets_target"] else "NOT met"
+    return f"{verdict} (diagnostic: the engine's fix undone)" if row["diagnostic"] else verdict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(rows, args, machine)
     (args.out / "memory.md").write_text(text)
     print(text)
-    return 0 if all(row["meets_target"] for row in rows) else 1
+    return 0 if all(row["meets_target"] for row in rows if not row["diagnostic"]) else 1
 
 
 if __name__ == "__main__":

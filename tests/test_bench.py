@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from fedbiobert.bench.__main__ import main
+from fedbiobert.bench.predict import check_rows
 from fedbiobert.bench.matrix import BenchError, Link, algorithm_kinds, build_matrix, check_nproc, parse_links, select
 from fedbiobert.bench.presets import PRESETS
 from fedbiobert.bench.report import markdown_table, results_markdown
@@ -297,6 +298,12 @@ def test_tiny_benchmark_end_to_end(tmp_path, small_corpus):
         assert row["passes"] == 2 and len(row["seconds_per_round_passes"]) == 2
         assert (out / "logs" / f"{row['name']}.log").is_file() and (out / "logs" / f"{row['name']}.r2.log").is_file()
         assert not list((out / "runs" / row["name"]).glob("round[0-9]*"))  # model exports pruned
+        assert row["per_step"]["client_compute_seconds"] > 0 and row["per_step"]["bytes_up"] > 0
+        assert row["memory"]["server"]["peak_rss_mb"] > 0 and row["memory"]["client"]["peak_rss_mb"] > 0
+        assert row["memory"]["server"]["kept_for_grad_peak"] >= 1  # head on the client: graphs kept for GRADs
+    checked = check_rows(rows)  # the round-time model runs on what the benchmark wrote
+    assert [entry["name"] for entry in checked] == ["fedbiobert-1-3", "fedbiobert-3-1"]
+    assert all(entry["predicted"] > 0 for entry in checked)
     assert json.loads((out / "machine.json").read_text())["preset"] == "tiny"
     assert "| fedbiobert-3-1 | none |" in (out / "results.md").read_text()
     assert (out / "loss_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -45,6 +45,7 @@ def test_the_tiny_run_under_mpirun_with_a_hostfile(tmp_path, hostfile):
     assert_finished(output)
 
 
+@pytest.mark.slow  # the same world check is one line under torchrun in the default suite (test_bad_inputs)
 def test_a_world_too_small_for_the_options_is_one_line_under_mpirun(tmp_path, small_corpus, hostfile):
     result = mpirun(["-np", "1", "--num_device", "1", "--data_dir", str(small_corpus),
                      "--output_dir", str(tmp_path / "out")], hostfile, timeout=120)

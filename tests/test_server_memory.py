@@ -111,7 +111,8 @@ def _round_memory(tmp_path, name: str, num_batch: int, extra: list[str]) -> dict
     return next(event for event in rounds if event["event"] == "round")["memory"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--server_recompute", "True"]], ids=["kept-graph", "recompute"])
+@pytest.mark.parametrize("extra", [[], pytest.param(["--server_recompute", "True"], marks=pytest.mark.slow)],
+                         ids=["kept-graph", "recompute"])  # recomputation's exactness: the unit tests above
 def test_what_a_run_keeps_does_not_grow_with_the_steps_of_a_round(tmp_path, extra):
     """60 steps of one silo, head on the client, --max_inflight 2: the server keeps at most
     max_inflight + 1 = 3 batches for their GRADs, and the channels' pending sends stay within a few

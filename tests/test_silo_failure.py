@@ -25,7 +25,8 @@ def _rounds_and_drops(output):
 
 # fedbert runs with one client process hosting all 4 silos: with two, the second process's silos
 # would wait out the first's turn (wall time that --silo_timeout rightly counts) and time out too.
-CASES = [("fedbiobert", "client", 3), ("fedbert", "client", 2), ("fedbert", "server", 2)]
+CASES = [("fedbiobert", "client", 3), ("fedbert", "client", 2),
+         pytest.param("fedbert", "server", 2, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("algorithm,head,nproc", CASES)

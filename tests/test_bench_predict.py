@@ -46,5 +46,15 @@ def test_the_check_uses_each_runs_own_setting():
 def test_paper_prediction_speedup_is_against_fedbert_in_the_same_link():
     rows = [_row("fedbert", 0.2, 0.3, up=0, down=0), _row("fedbiobert", 0.2, 0.3, up=0, down=0)]
     predictions = paper_prediction(rows, [(8.0, 0.0)], steps=100)
-    fedbiobert = next(p for p in predictions if p["name"] == "fedbiobert-client")
-    assert fedbiobert["speedup_vs_fedbert"] == pytest.approx(100 * 0.5 / (100 * 0.3 + 0.2))
+    fedbiobert = [p for p in predictions if p["name"] == "fedbiobert-client"]
+    assert fedbiobert[0]["speedup_vs_fedbert"] == pytest.approx(100 * 0.5 / (100 * 0.3 + 0.2))
+    assert fedbiobert[1]["compute"].startswith("-> 0")  # no compute, no bytes: both rounds take no time
+    assert fedbiobert[1]["round_seconds"] == 0 and len(predictions) == 4
+
+
+def test_the_transfer_bound_limit_keeps_only_the_link():
+    rows = [_row("fedbert", 0.2, 0.3, up=100_000, down=100_000), _row("fedbiobert", 0.2, 0.3, up=100_000, down=10_000)]
+    limit = [p for p in paper_prediction(rows, [(8.0, 10.0)], steps=10) if p["compute"].startswith("-> 0")]
+    fedbert = 10 * (0.1 + 0.1 + 4 * 0.01)
+    fedbiobert = 10 * 0.1 + 0.01  # the slower direction of the link, and one latency of fill
+    assert [p["round_seconds"] for p in limit] == [pytest.approx(fedbert), pytest.approx(fedbiobert)]

@@ -202,8 +202,8 @@ def test_bf16_fedbiobert_tracks_fp32(tmp_path, small_corpus, cache_dir):
 @pytest.mark.parametrize("nproc, extra", [
     (2, ["--algorithm", "fedbert"]),
     pytest.param(2, ["--head_placement", "server"], marks=pytest.mark.slow),
-    pytest.param(1, ["--algorithm", "fedavg"], marks=pytest.mark.slow),
-    pytest.param(1, ["--algorithm", "centralized", "--n_clients", "1"], marks=pytest.mark.slow),
+    (1, ["--algorithm", "fedavg"]),
+    (1, ["--algorithm", "centralized", "--n_clients", "1"]),
 ], ids=["fedbert", "fedbiobert-server-head", "fedavg", "centralized"])
 def test_bf16_runs_every_algorithm(tmp_path, small_corpus, cache_dir, nproc, extra):
     events = _run(tmp_path, cache_dir, small_corpus, "run", nproc, ["--precision", "bf16", *extra])

@@ -4,7 +4,8 @@
     python -m fedbiobert.bench.predict bench-base/results.json --paper   # and predict the paper's setting
 
 The model (every input is a measured figure of results.json's `per_step`, except the setting's own
-numbers: link bandwidth and latency, steps, silos):
+numbers: link bandwidth and latency, steps, silos; --paper also shows the limit where compute takes no
+time, which bounds what faster hardware, e.g. the paper's GPUs, can make of the same bytes):
 
     transfer(n bytes) = n / bandwidth
     FedBERT, every step waits for the server's gradient:
@@ -38,6 +39,7 @@ class Setting:
     latency_ms: float
     steps: int                    # batches per silo per round
     silos_per_process: int
+    compute_scale: float = 1.0    # 1: the measured stage times; 0: the transfer-bound limit (compute -> 0)
 
     def transfer(self, nbytes: float) -> float:
         return nbytes * 8 / (self.bandwidth_mbps * 1e6) if self.bandwidth_mbps else 0.0
@@ -50,7 +52,8 @@ class Setting:
 def step_seconds(row: dict, setting: Setting) -> tuple[float, float]:
     """(seconds per step, pipeline fill per silo) of a run's algorithm in `setting`."""
     step = row["per_step"]
-    client, server = step["client_compute_seconds"], step["server_compute_seconds"] or 0.0
+    client = step["client_compute_seconds"] * setting.compute_scale
+    server = (step["server_compute_seconds"] or 0.0) * setting.compute_scale
     up, down = setting.transfer(step["bytes_up"]), setting.transfer(step["bytes_down"])
     if row["algorithm"] == "fedbiobert":
         return max(client, server, up, down), min(client, server) + setting.latency
@@ -97,14 +100,17 @@ def paper_prediction(rows: list[dict], links: list[tuple[float, float]], steps: 
                          "in the results (e.g. --only 'fedbiobert-6-6,fedbert-0-12')")
     predictions = []
     for bandwidth, latency in links:
-        setting = Setting(bandwidth, latency, steps, silos_per_process=1)
-        base_seconds = round_seconds(baseline, setting)
-        for name, row in measured.items():
-            if row["algorithm"] not in ("fedbiobert", "fedbert"):
-                continue
-            seconds = round_seconds(row, setting)
-            predictions.append({"name": name, "bandwidth_mbps": bandwidth, "latency_ms": latency,
-                                "round_seconds": seconds, "speedup_vs_fedbert": base_seconds / seconds})
+        for compute_scale in (1.0, 0.0):  # this machine's stage times, and the limit of infinitely fast compute
+            setting = Setting(bandwidth, latency, steps, silos_per_process=1, compute_scale=compute_scale)
+            base_seconds = round_seconds(baseline, setting)
+            for name, row in measured.items():
+                if row["algorithm"] not in ("fedbiobert", "fedbert"):
+                    continue
+                seconds = round_seconds(row, setting)
+                predictions.append({"name": name, "bandwidth_mbps": bandwidth, "latency_ms": latency,
+                                    "compute": "measured" if compute_scale else "-> 0 (transfer-bound limit)",
+                                    "round_seconds": seconds,
+                                    "speedup_vs_fedbert": base_seconds / seconds if seconds else None})
     return predictions
 
 
@@ -115,10 +121,14 @@ def markdown(checked: list[dict], predictions: list[dict], steps: int) -> str:
     if predictions:
         lines += ["", f"Paper's setting (4 silos a round, each with its own client machine and server GPU process, "
                   f"{steps} steps per silo), with this machine's measured per-step stage times:", "",
-                  "| run | link | predicted s/round | speed-up vs FedBERT 0-L |", "|---|---|---|---|"]
-        lines += [f"| {p['name']} | {p['bandwidth_mbps']:g} Mbit/s, {p['latency_ms']:g} ms | "
-                  f"{p['round_seconds']:.1f} | {p['speedup_vs_fedbert']:.2f}x |" for p in predictions]
+                  "| run | link | compute | predicted s/round | speed-up vs FedBERT 0-L |", "|---|---|---|---|---|"]
+        lines += [f"| {p['name']} | {p['bandwidth_mbps']:g} Mbit/s, {p['latency_ms']:g} ms | {p['compute']} | "
+                  f"{p['round_seconds']:.1f} | {_ratio(p['speedup_vs_fedbert'])} |" for p in predictions]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> int:

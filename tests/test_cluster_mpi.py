@@ -56,14 +56,18 @@ def test_a_world_too_small_for_the_options_is_one_line_under_mpirun(tmp_path, sm
     assert not (tmp_path / "out").exists()
 
 
-def test_ranks_agree_on_rank_0s_address_through_mpi4py(hostfile):
+def test_ranks_agree_on_rank_0s_address_through_mpi4py(tmp_path):
+    """Each rank writes what it agreed on to a file of its own: mpirun forwards the ranks' stdout
+    interleaved, so two lines printed at once can arrive mixed."""
     pytest.importorskip("mpi4py", reason="mpi4py (the optional `mpi` extra) is not installed")
-    script = ("import dataclasses; from fedbiobert.comm import agree_master_addr, launch_info_from_env; "
+    script = ("import dataclasses, pathlib, sys; from fedbiobert.comm import agree_master_addr, launch_info_from_env; "
               "launch = dataclasses.replace(launch_info_from_env(), master_addr=None); "
-              "print(launch.launcher, launch.rank, agree_master_addr(launch), flush=True)")
+              "pathlib.Path(sys.argv[1], f'rank{launch.rank}.txt').write_text("
+              "f'{launch.launcher} {launch.rank} {agree_master_addr(launch)}')")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    result = subprocess.run(["mpirun", *root, "--oversubscribe", "-np", "2", sys.executable, "-c", script],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(["mpirun", *root, "--oversubscribe", "-np", "2", sys.executable, "-c", script,
+                             str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(result.stdout.split("\n")[:2]) == [f"openmpi {rank} {socket.gethostname()}" for rank in (0, 1)]
+    agreed = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert agreed == [f"openmpi {rank} {socket.gethostname()}" for rank in (0, 1)]

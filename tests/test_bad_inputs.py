@@ -260,6 +260,11 @@ CATALOGUE = {
         marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
     "fp16 on CPU": Bad(lambda t, c: ["--precision", "fp16"],
                        "--precision fp16 needs CUDA (--on_cuda True); on CPU use bf16 or fp32"),
+    "server_recompute with the head on the server": Bad(
+        lambda t, c: ["--server_recompute", "True", "--head_placement", "server"],
+        "--server_recompute True applies to --algorithm fedbiobert with --head_placement client"),
+    "mmap threshold above glibc's": Bad(lambda t, c: ["--mmap_threshold_mb", "64"],
+                                        "--mmap_threshold_mb 64.0 is outside [0, 32]"),
     "on_cuda with fewer GPUs than processes": pytest.param(
         Bad(lambda t, c: ["--on_cuda", "True"], "--on_cuda True runs 3 processes on this node but it has"),
         marks=pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() >= 3,

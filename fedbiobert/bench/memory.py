@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedbiobert.bench.matrix import RunSpec
+from fedbiobert.bench.report import write_json
 from fedbiobert.bench.runner import REPO, RunnerSettings, run_spec
 from fedbiobert.bench.results import machine_info
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"    growth {row['growth'] or 'n/a (failed)'}", flush=True)
     machine = machine_info()
-    (args.out / "memory.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    write_json(args.out / "memory.json", {"machine": machine, "rows": rows})  # atomic, like the bench's
     text = markdown(rows, args, machine)
     (args.out / "memory.md").write_text(text)
     print(text)

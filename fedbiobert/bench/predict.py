@@ -75,8 +75,8 @@ def measured_setting(row: dict) -> Setting:
     """The setting a benchmark run was measured in."""
     link = row.get("link") or {}
     client_processes = row["nproc"] - row["num_device"]
-    return Setting(link.get("bandwidth_mbps"), link.get("latency_ms", 0.0), row["num_batch"],
-                   max(1, row["n_clients"] // client_processes))
+    silos_per_process = -(-row["n_clients"] // client_processes)  # the busiest process's silos (ceiling)
+    return Setting(link.get("bandwidth_mbps"), link.get("latency_ms", 0.0), row["num_batch"], silos_per_process)
 
 
 def check_rows(rows: list[dict]) -> list[dict]:

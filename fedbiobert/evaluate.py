@@ -1,6 +1,7 @@
 """`python -m fedbiobert.evaluate OUT --data ...`: downstream score of every export of a pre-training run.
 
-Fine-tunes each `OUT/round{k}` (or only the last with `--last`; `--baseline` adds the same
+Fine-tunes each `OUT/round{k}` (every K-th and the last with `--every K`, only the last with `--last`;
+`--baseline` adds the same
 architecture without pre-training as round 0) with the options of `fedbiobert.finetune`, and writes
 `evaluate.json`, `evaluate.md` (the table) and `evaluate.png` (score against round and against
 pre-training wall time: the cumulative `round_seconds` of OUT/metrics.jsonl) to `--output_dir`
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="output folder of a pre-training run (holds round{k}/ exports)")
     parser.add_argument("--last", action="store_true", help="only the last round's export")
+    parser.add_argument("--every", type=int, default=1, metavar="K",
+                        help="only the exports of rounds divisible by K, and the last (default 1: every one)")
     parser.add_argument("--baseline", action="store_true", help="also the same architecture without pre-training")
     parser.add_argument("--output_dir", help="where the table and plot go (default RUN_DIR/downstream)")
     add_finetune_arguments(parser)
@@ -42,6 +45,15 @@ def round_exports(run_dir: Path) -> list[tuple[int, Path]]:
         raise InputError(f"run folder '{run_dir}' has no round{{k}}/ exports (accepted: the --output_dir of a "
                          "pre-training run)")
     return exports
+
+
+def select_exports(exports: list[tuple[int, Path]], every: int, last_only: bool) -> list[tuple[int, Path]]:
+    """The exports to fine-tune: rounds divisible by `every` plus the last one (a long run writes many)."""
+    if every < 1:
+        raise InputError(f"--every {every} is invalid; accepted: an integer >= 1")
+    if last_only:
+        return exports[-1:]
+    return [(number, path) for number, path in exports if number % every == 0 or (number, path) == exports[-1]]
 
 
 def pretrain_seconds(run_dir: Path) -> dict[int, float]:
@@ -78,7 +90,7 @@ def evaluate_run(options) -> dict:
     run_dir = Path(options.run_dir)
     if not run_dir.is_dir():
         raise InputError(f"run folder '{run_dir}' does not exist")
-    exports = round_exports(run_dir)[-1:] if options.last else round_exports(run_dir)
+    exports = select_exports(round_exports(run_dir), options.every, options.last)
     seconds = pretrain_seconds(run_dir)
     jobs = [(0, baseline_options(options, exports[0][1]))] if options.baseline else []
     for number, path in exports:

@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 
-from fedbiobert.evaluate import main as evaluate_main
+from fedbiobert.evaluate import main as evaluate_main, select_exports
 from fedbiobert.finetune.cli import main
+from fedbiobert.finetune.errors import InputError
 from fedbiobert.model.build import ModelSpec, build_full_model
 from tests.conftest import REPO, SCIVOCAB, SHARED_DATA
 from tests.finetune_helpers import tiny_model_args
@@ -65,3 +66,12 @@ def test_evaluate_every_round_export(tmp_path, capsys):
     assert [row["pretrain_seconds"] for row in result["rows"]] == [0.0, 10.0, 30.0]
     assert (run_dir / "downstream" / "evaluate.png").stat().st_size > 1000
     assert "pre-training s" in (run_dir / "downstream" / "evaluate.md").read_text()
+
+
+def test_evaluate_every_k_keeps_multiples_and_the_last_and_refuses_zero(tmp_path):
+    exports = [(number, tmp_path / f"round{number}") for number in range(1, 11)]
+    assert [number for number, _ in select_exports(exports, every=4, last_only=False)] == [4, 8, 10]
+    assert [number for number, _ in select_exports(exports, every=1, last_only=False)] == list(range(1, 11))
+    assert [number for number, _ in select_exports(exports, every=4, last_only=True)] == [10]
+    with pytest.raises(InputError, match="--every 0 is invalid"):
+        select_exports(exports, every=0, last_only=False)

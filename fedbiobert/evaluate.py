@@ -1,8 +1,8 @@
 """`python -m fedbiobert.evaluate OUT --data ...`: downstream score of every export of a pre-training run.
 
 Fine-tunes each `OUT/round{k}` (every K-th and the last with `--every K`, only the last with `--last`;
-`--baseline` adds the same
-architecture without pre-training as round 0) with the options of `fedbiobert.finetune`, and writes
+`--baseline` adds the same architecture without pre-training as round 0) with the options of
+`fedbiobert.finetune`, and writes
 `evaluate.json`, `evaluate.md` (the table) and `evaluate.png` (score against round and against
 pre-training wall time: the cumulative `round_seconds` of OUT/metrics.jsonl) to `--output_dir`
 (default OUT/downstream), each atomically.
@@ -53,7 +53,7 @@ def select_exports(exports: list[tuple[int, Path]], every: int, last_only: bool)
         raise InputError(f"--every {every} is invalid; accepted: an integer >= 1")
     if last_only:
         return exports[-1:]
-    return [(number, path) for number, path in exports if number % every == 0 or (number, path) == exports[-1]]
+    return [(number, path) for number, path in exports if number % every == 0 or number == exports[-1][0]]
 
 
 def pretrain_seconds(run_dir: Path) -> dict[int, float]:

@@ -21,7 +21,7 @@ import time
 from fedbiobert.algorithms import build_algorithm
 from fedbiobert.comm import LaunchError, PeerError, init_distributed, launch_info_from_env, shutdown
 from fedbiobert.config import ConfigError
-from fedbiobert.checkpoint import prepare_output_dir
+from fedbiobert.checkpoint import check_resume_vocabulary, prepare_output_dir
 from fedbiobert.host_memory import fix_mmap_threshold
 from fedbiobert.logs import setup_logging, warnings_from_rank0
 from fedbiobert.preflight import check_run
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         # time axis and summary.json's wall_seconds are cumulative over every invocation.
         earlier_seconds = float(resume.get("run_seconds", 0.0)) if resume else 0.0
         session = build_session(config, launch, topology, groups, started - earlier_seconds)
+        check_resume_vocabulary(config, resume, session.tokenizer)  # a trained tokenizer exists only now
         session.resume = resume
         role = build_role(session, build_algorithm(session))
         if rank == 0:  # only once everything is built: a failure before this leaves no output behind

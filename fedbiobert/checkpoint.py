@@ -17,6 +17,7 @@ round states of rounds before the last N. Every file gets the same permissions (
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -35,23 +36,32 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = 2
 STATE_FILE = "state.pt"
 # Options that must match between the run that wrote a checkpoint and the run resuming from it: each
-# changes the model's shape, which data each silo holds, which silos are sampled, or what the
-# validation loss measures, so a resumed run with another value would silently be a different run.
+# changes the model's shape, which data each silo holds (--data and --tot_files pick the corpus files),
+# which silos are sampled, how they are averaged (--fl_aggregate) or what the validation loss measures,
+# so a resumed run with another value would silently be a different run.
 RESUME_MUST_MATCH = (
     "algorithm", "arch", "num_client_encoder", "num_server_encoder", "head_placement", "server_output",
-    "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size", "tokenizer", "max_len",
+    "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size", "max_len",
     "n_clients", "participation_ratio", "num_servers", "fedavg_embedding_head", "fedavg_server_model",
-    "manual_seed", "client_seeds", "partition_data", "dirichlet_alpha", "label_suffix",
-    "val_ratio", "val_blocks", "mlm_probability",
+    "fl_aggregate", "manual_seed", "client_seeds", "data", "tot_files", "partition_data", "dirichlet_alpha",
+    "label_suffix", "val_ratio", "val_blocks", "mlm_probability",
 )
 # Not --precision: master weights are fp32 in every precision, so a checkpoint means the same whatever
 # the compute dtype that trained it (a run may resume in another precision; see fedbiobert/precision.py).
+# Not --tokenizer nor --init_from as paths: what they hold is compared by content instead (the
+# checkpoint's "fingerprints", see data_fingerprints), so a moved but identical vocab.txt or model folder
+# is accepted and an edited one at the same path is refused. The corpus is compared the same way.
 # Options that may change on resume but change the learning-rate schedule: a warning, not an error.
-RESUME_SHOULD_MATCH = ("n_comm_rounds", "n_local_rounds", "num_batch", "lr", "end_lr", "warmup_ratio")
-# Everything else may change on resume without a word: where the data lives (--data_dir: the token
-# cache is keyed by content, so moved files give the same blocks), devices and transport
-# (--on_cuda, --gpu_ids, --comm_timeout, the emulated link), output and logging options, --batch_size
-# and the optimizer's other settings (a legitimate change of the training recipe).
+RESUME_SHOULD_MATCH = ("n_comm_rounds", "n_local_rounds", "num_batch", "lr", "end_lr", "warmup_ratio",
+                       "head_warmup_steps", "body_lr_ratio")
+# Everything else may change on resume without a word: where the data lives (--data_dir: the corpus is
+# compared by file names and content, and the token cache is keyed by content, so moved files give the
+# same blocks), devices and transport (--on_cuda, --gpu_ids, --comm_timeout, the emulated link), output
+# and logging options, --batch_size and the optimizer's other settings (a legitimate change of the
+# training recipe).
+# Keys of --init_from's config.json left out of its fingerprint: they say where and with which library
+# version the folder was saved, not what the model is.
+_VOLATILE_MODEL_KEYS = ("_name_or_path", "transformers_version")
 
 
 def round_dir(output_dir: str | Path, round_number: int) -> Path:
@@ -101,10 +111,29 @@ def save_resume_state(output_dir: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_resume_for(config) -> dict | None:
-    """The state a run resumes from (every rank reads it itself), or None for a fresh run."""
+    """The state a run resumes from (every rank reads it itself), or None for a fresh run. Checks the
+    options, then the corpus, --init_from and a given --tokenizer by content: all before any process
+    group forms, so a changed one costs no tokenization. A tokenizer trained on the corpus exists only
+    once the session is built: check_resume_vocabulary checks it then."""
     if not (config.from_checkpoint or config.from_checkpoint_round is not None):
         return None
-    return load_resume_state(config.output_dir, config.from_checkpoint_round, config_record(config))
+    state = load_resume_state(config.output_dir, config.from_checkpoint_round, config_record(config))
+    path = resume_state_path(config.output_dir, config.from_checkpoint_round)
+    if state.get("fingerprints") is None:
+        logger.warning("checkpoint '%s' predates content fingerprints: resuming without checking that its "
+                       "corpus, vocabulary and --init_from model are unchanged", path)
+        return state
+    check_fingerprints(path, state["fingerprints"], data_fingerprints(config, _given_tokenizer(config)), config)
+    return state
+
+
+def check_resume_vocabulary(config, resume: dict | None, tokenizer) -> None:
+    """After build_session, before any training step, on every rank: the vocabulary this run really
+    has against the checkpoint's. Every rank holds the same tokenizer, so all of them agree."""
+    if resume is None or resume.get("fingerprints") is None:
+        return  # a fresh run, or an older checkpoint (load_resume_for warned about it)
+    path = resume_state_path(config.output_dir, config.from_checkpoint_round)
+    check_fingerprints(path, resume["fingerprints"], vocabulary_fingerprint(tokenizer), config)
 
 
 def config_record(config) -> dict[str, Any]:
@@ -125,7 +154,7 @@ def load_resume_state(output_dir: str | Path, round_number: int | None, config_v
         raise ValueError(f"checkpoint '{path}' is not a FedBioBERT state of format {STATE_FORMAT} {accepted}")
     for key in RESUME_MUST_MATCH:
         saved = state["config"].get(key)
-        if saved != config_values[key]:
+        if _comparable(key, saved) != _comparable(key, config_values[key]):
             raise ValueError(f"checkpoint '{path}' was trained with --{key} {saved}, but this run has --{key} "
                              f"{config_values[key]} (accepted: the same value; it shapes the model, the silos' "
                              "data or the validation set)")
@@ -137,6 +166,119 @@ def load_resume_state(output_dir: str | Path, round_number: int | None, config_v
         raise ValueError(f"checkpoint '{path}' already completed round {state['round']} of --n_comm_rounds "
                          f"{config_values['n_comm_rounds']}: nothing left to train (raise --n_comm_rounds)")
     return state
+
+
+def data_fingerprints(config, tokenizer=None) -> dict[str, Any]:
+    """What a checkpoint records of the run's inputs by content (plain data: loadable with
+    weights_only): each corpus file's name and sha256, the --init_from model's identity, and with a
+    tokenizer its vocabulary. Paths are left out on purpose: data may move between invocations."""
+    fingerprints = {"corpus": corpus_digests(config), "init_from": model_fingerprint(config.init_from)}
+    return {**fingerprints, **(vocabulary_fingerprint(tokenizer) if tokenizer is not None else {})}
+
+
+def corpus_digests(config) -> list[list[str]]:
+    """[name, sha256] of every corpus file the run reads, in corpus order, each followed by its label
+    sidecar (--partition_data label reads it). The same content hash as the token cache's key."""
+    from fedbiobert.config import corpus_files_for
+    from fedbiobert.data.corpus import file_sha256, sidecar_path
+    files = []
+    for file in corpus_files_for(config):
+        files += [file, *filter(None, [sidecar_path(file, config.label_suffix)])]
+    return [[file.name, file_sha256(file)] for file in files]
+
+
+def vocabulary_fingerprint(tokenizer) -> dict[str, Any]:
+    """sha256 of the token -> id mapping (what a checkpoint's embedding rows mean), and its size for
+    the message; the file it came from plays no part, so a copied vocab.txt is the same vocabulary."""
+    mapping = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return {"vocabulary": hashlib.sha256(mapping.encode("utf-8")).hexdigest(), "vocabulary_size": len(tokenizer)}
+
+
+def model_fingerprint(folder: str | None) -> str | None:
+    """--init_from's identity: its config.json (the model's shape) and its weight files' names and sizes.
+    The weights are not hashed: a resume takes every weight from the checkpoint, and hashing gigabytes on
+    every rank at every resume would buy no safety."""
+    if folder is None:
+        return None
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    for key in _VOLATILE_MODEL_KEYS:
+        config.pop(key, None)
+    weights = [[path.name, path.stat().st_size] for path in sorted(folder.iterdir())
+               if path.suffix in (".safetensors", ".bin") or path.name.endswith(".index.json")]
+    identity = json.dumps({"config": config, "weights": weights}, sort_keys=True)
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()
+
+
+def check_fingerprints(path: Path, saved: dict, current: dict, config) -> None:
+    """ValueError (one line) for the first input whose content differs from the checkpoint's. Only the
+    keys both hold are compared (`current` holds what is known at the time of the call)."""
+    differs = {"corpus": _corpus_difference, "vocabulary": _vocabulary_difference, "init_from": _model_difference}
+    for key, difference in differs.items():
+        if key in saved and key in current and saved[key] != current[key]:
+            what, accepted = difference(saved, current, config)
+            raise ValueError(f"checkpoint '{path}' {what} (accepted: {accepted}; or move the checkpoint away "
+                             "to start over)")
+
+
+def _corpus_difference(saved: dict, current: dict, config) -> tuple[str, str]:
+    then, now = dict(map(tuple, saved["corpus"])), dict(map(tuple, current["corpus"]))
+    changed = [name for name in now if name in then and then[name] != now[name]]
+    added, missing = sorted(now.keys() - then.keys()), sorted(then.keys() - now.keys())
+    if changed:
+        detail = f"its file '{changed[0]}' has other content now"
+    elif added:
+        detail = f"'{added[0]}' was not part of it"
+    elif missing:
+        detail = f"its file '{missing[0]}' is missing now"
+    else:
+        detail = "its files are read in another order"
+    return (f"was trained on another corpus than --data_dir '{config.data_dir}' gives: {detail}",
+            "the same corpus files, by name and content, wherever --data_dir puts them")
+
+
+def _vocabulary_difference(saved: dict, current: dict, config) -> tuple[str, str]:
+    source = f"--tokenizer '{config.tokenizer}'" if config.tokenizer else "the tokenizer trained on the corpus"
+    size_then, size_now = saved.get("vocabulary_size"), current["vocabulary_size"]
+    detail = (f"{size_then} tokens then, {size_now} now" if size_then != size_now else
+              f"{size_now} tokens as before, but other tokens or other ids")
+    return (f"was trained with another vocabulary than {source} holds ({detail})",
+            "the same token -> id mapping, wherever its file lives")
+
+
+def _model_difference(saved: dict, current: dict, config) -> tuple[str, str]:
+    accepted = "the model folder it started from, wherever it lives"
+    if saved["init_from"] is None:
+        return f"was trained from random weights, but this run has --init_from '{config.init_from}'", accepted
+    if current["init_from"] is None:
+        return "was trained from an --init_from model, but this run has no --init_from", accepted
+    return (f"was trained from another --init_from model than '{config.init_from}' (its config.json or weight "
+            "files differ)", accepted)
+
+
+def _given_tokenizer(config):
+    """The tokenizer a run loads from --tokenizer (a warm start's own, adopted by preflight), or None when
+    it trains one on the corpus (known only once the session is built). validate_paths has already
+    loaded it once, so a bad path has been reported before this."""
+    if config.tokenizer is None:
+        return None
+    from fedbiobert.data.tokenizer import load_tokenizer
+    return load_tokenizer(config.tokenizer)
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """An option's value as it acts: --fl_aggregate 'scheme=fedavg' and the default
+    'scheme=federated_average,weighting=samples' average alike, and --data's words select files in any
+    order and case."""
+    if key == "fl_aggregate" and isinstance(value, str):
+        from fedbiobert.config import ConfigError, parse_fl_aggregate
+        try:
+            return parse_fl_aggregate(value)["weighting"]  # FedAvg is the only scheme; its aliases are equal
+        except ConfigError:
+            return value
+    if key == "data" and isinstance(value, str):
+        return sorted({word for word in value.lower().split("-") if word})
+    return value
 
 
 def _load_plain_state(path: Path, accepted: str) -> Any:

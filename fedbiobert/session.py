@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from fedbiobert.comm import Collectives, LaunchInfo, ProcessGroups
 from fedbiobert.config import Config, corpus_files_for
 from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, load_or_build_token_cache, partition,
                              split_validation, validation_sample)
-from fedbiobert.model import ModelSpec, build_config, build_full_model, load_full_model
+from fedbiobert.model import ModelSpec, build_config, build_full_model, load_full_model, untied_config
 from fedbiobert.optim import Schedule
 from fedbiobert.precision import configure_matmuls
 from fedbiobert.topology import Role, Topology
@@ -69,7 +70,7 @@ class Session:
     def build_full_model(self):
         """Identical initial weights on every process (same seed), or the --init_from checkpoint."""
         if self.config.init_from:
-            return load_full_model(self.config.init_from)
+            return load_full_model(self.config.init_from, seed=self.config.manual_seed)
         return build_full_model(self.hf_config, seed=self.config.manual_seed)
 
 
@@ -135,7 +136,8 @@ def build_session(config: Config, launch: LaunchInfo, topology: Topology, groups
         device=device, tokenizer=tokenizer, corpus=corpus, client_indices=parts,
         val_indices=val_indices, val_sample=val_sample,
         masking=MaskingSpec.from_tokenizer(tokenizer, config.mlm_probability), hf_config=hf_config,
-        schedule=Schedule(config.total_steps, config.warmup_ratio, config.lr, config.end_lr),
+        schedule=Schedule(config.total_steps, config.warmup_ratio, config.lr, config.end_lr,
+                          config.head_warmup_steps, config.body_lr_ratio),
         output_dir=Path(config.output_dir), start_time=start_time or time.time())
     _log_partition(session)
     return session
@@ -152,12 +154,8 @@ def rows_this_process(topology: Topology, rank: int, client_indices: list[torch.
 
 
 def _model_config(config: Config, tokenizer):
-    if config.init_from:
-        hf_config = load_full_model(config.init_from).config
-        if hf_config.vocab_size < len(tokenizer):
-            raise ValueError(f"--init_from '{config.init_from}' has vocab_size {hf_config.vocab_size} but the "
-                             f"tokenizer has {len(tokenizer)} tokens (give the checkpoint's tokenizer)")
-        return hf_config
+    if config.init_from:  # its tokenizer and shape were checked before any process started (warm_start.py)
+        return untied_config(AutoConfig.from_pretrained(config.init_from, local_files_only=True))
     spec = ModelSpec(arch=config.arch, vocab_size=len(tokenizer), hidden_size=config.hidden_size,
                      num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
                      num_layers=config.num_layers, max_len=config.max_len, pad_token_id=tokenizer.pad_token_id)

@@ -106,6 +106,14 @@ def model_folder(tmp: Path, layers: int) -> list[str]:
     return ["--init_from", str(folder)]
 
 
+def warm_folder(tmp: Path, **overrides) -> list[str]:
+    """An HF folder's config.json (BASE's shape unless overridden) and its own vocab.txt."""
+    config = {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+              "intermediate_size": 64, "vocab_size": 1500, "max_position_embeddings": 512, **overrides}
+    folder = files(tmp, "warm", {"config.json": json.dumps(config), "vocab.txt": "\n".join(SPECIALS + WORDS)})
+    return ["--init_from", str(folder)]
+
+
 def vocab(tmp: Path, tokens: list[str], encoding: str = "utf-8") -> list[str]:
     path = files(tmp, "tok", {"vocab.txt": "\n".join(tokens).encode(encoding)}) / "vocab.txt"
     return ["--tokenizer", str(path)]
@@ -176,6 +184,16 @@ CATALOGUE = {
     # --- model and checkpoints --------------------------------------------------------------------------
     "init_from with other layers": Bad(lambda t, c: model_folder(t, 12),
                                        "= 2 layers, but --init_from '{tmp}/model' has 12"),
+    "init_from of another architecture": Bad(lambda t, c: warm_folder(t, model_type="gpt2"),
+                                             "--arch bert but --init_from '{tmp}/warm' is a 'gpt2' model"),
+    "init_from with another tokenizer": Bad(lambda t, c: warm_folder(t) + vocab(t, SPECIALS + WORDS[::-1]),
+                                            "--tokenizer '{tmp}/tok/vocab.txt' has another vocabulary than "
+                                            "--init_from '{tmp}/warm'"),
+    "max_len beyond the checkpoint's positions": Bad(lambda t, c: warm_folder(t, max_position_embeddings=32),
+                                                     "--max_len 64 exceeds the 32 positions of --init_from"),
+    "shape option against the checkpoint": Bad(lambda t, c: warm_folder(t, hidden_size=64),
+                                               "--hidden_size 32 contradicts --init_from '{tmp}/warm', whose "
+                                               "hidden_size is 64"),
     "checkpoint garbage": Bad(lambda t, c: checkpoint(t, b"garbage, not a checkpoint"),
                               "checkpoint '{tmp}/out/checkpoint/state.pt' is damaged: 25 bytes", torchrun=True,
                               world=2),
@@ -189,7 +207,7 @@ CATALOGUE = {
     "checkpoint with another dirichlet alpha": mismatch("dirichlet_alpha", 0.1, 0.5),
     "checkpoint with another validation ratio": mismatch("val_ratio", 0.05, 0.01),
     "checkpoint with another validation size": mismatch("val_blocks", 64, 512),
-    "checkpoint with another tokenizer": mismatch("tokenizer", "/elsewhere/vocab.txt", None),
+    "checkpoint with other corpus files": mismatch("tot_files", 2, None),
     "checkpoint with another vocabulary size": mismatch("vocab_size", 999, 1500),
     "checkpoint with other heads": mismatch("num_attention_heads", 4, 2),
     "checkpoint with another intermediate size": mismatch("intermediate_size", 128, 64),

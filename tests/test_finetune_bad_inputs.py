@@ -96,3 +96,9 @@ def test_bad_option_value(tmp_path, vocab, capsys):
     folder = ner_folder(tmp_path)
     fails_with(capsys, tmp_path, ["--data", str(folder), *tiny_model_args(vocab), "--mode", "federated",
                                   "--n_clients", "33"], "--n_clients 33")
+
+
+def test_probe_value_that_is_not_a_boolean(tmp_path, vocab, capsys):
+    folder = ner_folder(tmp_path)
+    fails_with(capsys, tmp_path, ["--data", str(folder), *tiny_model_args(vocab), "--probe", "maybe"],
+               "--probe", "'maybe' is not a boolean (accepted: True or False)")

@@ -28,9 +28,10 @@ def test_cli_ner_centralized_on_real_ncbi(tmp_path, python):
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(output.read_text())
     for key in ("task", "data", "mode", "model", "n_clients", "epochs", "seed", "precision", "recall", "f1",
-                "lenient_f1", "train_seconds"):
+                "conlleval_precision", "conlleval_recall", "conlleval_f1", "lenient_f1", "train_seconds", "probe"):
         assert key in record, key
     assert record["task"] == "ner" and record["seeds"] == [1, 2] and len(record["runs"]) == 2
+    assert record["probe"] is False and "conlleval_f1" in record["std"] and "| conlleval_f1 |" in done.stdout
     assert record["runs"][0]["test_examples"] == 24 and "Disease" in record["runs"][0]["per_type"]
     assert record["std"]["f1"] >= 0 and "| mean ± std |" in done.stdout
 

@@ -2,6 +2,8 @@
 CSV reading, silo splits."""
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from fedbiobert.data.tokenizer import load_tokenizer
@@ -28,11 +30,28 @@ def test_label_on_first_sub_token_only(tokenizer):
     assert chunk.labels == [IGNORE, 0, 1, IGNORE, 2, IGNORE, IGNORE]
 
 
-def test_split_points_avoid_cutting_an_entity():
-    tags = ["O", "O", "B-Disease", "I-Disease", "I-Disease", "O"]
-    assert split_points([1] * 6, tags, budget=4) == [(0, 2), (2, 6)]
-    assert split_points([1] * 4, ["B-Disease"] + ["I-Disease"] * 3, budget=2) == [(0, 2), (2, 4)]  # no choice
-    assert split_points([5, 1], ["O", "O"], budget=3) == [(0, 1), (1, 2)]  # an over-long word alone
+def test_split_points_fill_the_budget_or_end_after_late_punctuation():
+    words = ["the", "patient", "has", "breast", "cancer", "today"]
+    assert split_points([1] * 6, words, budget=4) == [(0, 4), (4, 6)]  # no punctuation: the budget decides
+    assert split_points([1] * 6, ["the", "patient", ",", "has", "cancer", "."], budget=4) == [(0, 3), (3, 6)]
+    assert split_points([1] * 6, ["a", ",", "b", "c", "d", "e"], budget=4) == [(0, 4), (4, 6)]  # too early
+    assert split_points([2, 1, 1, 1], ["ataxia", "of", "a", "patient"], budget=3) == [(0, 2), (2, 4)]  # sub-tokens
+    assert split_points([5, 1], ["x", "y"], budget=3) == [(0, 1), (1, 2)]  # an over-long word alone
+
+
+def test_chunk_boundaries_ignore_the_tags(tokenizer):
+    """Evaluation chunks must not be chosen from gold tags: same words, any tags, same chunks."""
+    words = ["the", "ataxia", "telangiectasia", "of", "a", "patient", "has", "breast", "cancer", ","] * 6
+    rng = random.Random(0)
+    taggings = [["O"] * len(words), ["B-Disease"] + ["I-Disease"] * (len(words) - 1)]
+    for _ in range(8):  # random valid IOB2 taggings: entities start and end anywhere, across any cut
+        tags = [rng.choice(LABELS) for _ in words]
+        taggings.append([tag if tag != "I-Disease" or index and tags[index - 1] != "O" else "B-Disease"
+                         for index, tag in enumerate(tags)])
+    layouts = {tuple((chunk.first_word, chunk.num_words)
+                     for chunk in encode_ner([Sentence(words, tags)], tokenizer, LABELS, max_len=16))
+               for tags in taggings}
+    assert len(layouts) == 1 and len(next(iter(layouts))) > 4
 
 
 def test_long_sentence_is_split_and_every_gold_entity_scored_once(tokenizer):

@@ -37,3 +37,43 @@ def test_no_weight_decay_on_bias_and_layernorm_and_tied_weights_once():
     decay, no_decay = optimizer.param_groups
     assert decay["params"] == [layer.weight] and decay["weight_decay"] == 0.01
     assert no_decay["params"] == [layer.bias, norm.weight] and no_decay["weight_decay"] == 0.0
+
+
+def test_body_factor_freezes_the_body_then_scales_it():
+    schedule = Schedule(100, 0.0, 1e-3, 0.0, head_warmup_steps=5, body_lr_ratio=0.25)
+    assert [schedule.body_factor(step) for step in (0, 4, 5, 99)] == [0.0, 0.0, 0.25, 0.25]
+    assert Schedule(100, 0.0, 1e-3, 0.0).body_factor(0) == 1.0  # the default: one rate for all
+
+
+def test_heads_train_alone_during_head_warmup_then_the_body_at_its_ratio():
+    """A split client part: its aux head and final head (`cls.`) move from step 0, its embeddings and
+    layers stay bit-identical for head_warmup_steps steps, then move at body_lr_ratio x the heads' rate.
+    The aux decoder IS the word embedding: a body parameter, frozen with the body."""
+    from transformers import BertConfig
+
+    from fedbiobert.algorithms.base import Stepper
+    from fedbiobert.model import build_full_model, split_model
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, tie_word_embeddings=False)
+    client, _ = split_model(build_full_model(config, seed=0), 1, "client")
+    schedule = Schedule(10, 0.0, 1e-2, 1e-2, head_warmup_steps=2, body_lr_ratio=0.5)
+    stepper = Stepper(client, schedule, weight_decay=0.01, max_grad_norm=None)
+    body = {name: param.detach().clone() for name, param in client.named_parameters() if "head" not in name
+            and not name.startswith("cls.")}
+    heads = {name: param.detach().clone() for name, param in client.named_parameters() if name not in body}
+    ids = torch.randint(5, 50, (2, 8))
+    for step in range(3):
+        hidden = client(ids)
+        loss = client.aux_logits(hidden.reshape(-1, 16)).logsumexp(-1).mean() + \
+            client.final_logits(hidden.reshape(-1, 16)).logsumexp(-1).mean()
+        stepper.backward(loss)
+        stepper.step(step)
+        current = dict(client.named_parameters())
+        moved_body = [name for name in body if not torch.equal(current[name], body[name])]
+        if step < 2:
+            assert moved_body == [], f"step {step}: {moved_body[:3]}"
+            assert any(not torch.equal(current[name], heads[name]) for name in heads)
+    assert "bert.embeddings.word_embeddings.weight" in moved_body and len(moved_body) == len(body)
+    body_groups = [group for group in stepper.optimizer.param_groups if not group["head"]]
+    assert body_groups and all(group["lr"] == pytest.approx(0.5e-2) for group in body_groups)
+    assert all(group["lr"] == pytest.approx(1e-2) for group in stepper.optimizer.param_groups if group["head"])

@@ -93,7 +93,7 @@ class Stepper:
             hook(self.module)
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm or float("inf"))
         finite = bool(torch.isfinite(norm))
-        set_learning_rate(self.optimizer, self.schedule(global_step))
+        set_learning_rate(self.optimizer, self.schedule(global_step), self.schedule.body_factor(global_step))
         if scaled:
             self._scaled_step(finite)
         elif finite:

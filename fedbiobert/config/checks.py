@@ -116,6 +116,8 @@ def _validate_optimisation(config: Config) -> None:
     _require(0 < config.mlm_probability < 1, f"--mlm_probability {config.mlm_probability} is outside (0, 1)")
     _require(config.max_grad_norm >= 0, f"--max_grad_norm {config.max_grad_norm} must be 0 or more")
     _require(config.weight_decay >= 0, f"--weight_decay {config.weight_decay} must be 0 or more")
+    _require(config.head_warmup_steps >= 0, f"--head_warmup_steps {config.head_warmup_steps} must be 0 or more")
+    _require(0 < config.body_lr_ratio <= 10, f"--body_lr_ratio {config.body_lr_ratio} is outside (0, 10]")
     _require(config.precision != "fp16" or config.on_cuda,
              "--precision fp16 needs CUDA (--on_cuda True); on CPU use bf16 or fp32")
 

@@ -119,6 +119,12 @@ class Config:
     end_lr: float = _opt(1e-6, "learning rate at the end of the polynomial decay", group="optim")
     warmup_ratio: float = _opt(0.06, "fraction of steps of linear warm-up", group="optim")
     weight_decay: float = _opt(0.01, "AdamW weight decay", group="optim")
+    head_warmup_steps: int = _opt(0, "steps (global, from the run's start) during which only the MLM heads "
+                                  "train and the embeddings and encoder layers stay frozen: a warm start's new "
+                                  "heads first learn to read the encoder instead of back-propagating noise "
+                                  "into it", group="optim")
+    body_lr_ratio: float = _opt(1.0, "learning rate of the embeddings and encoder layers over the heads' "
+                                "(after --head_warmup_steps)", group="optim")
     max_grad_norm: float = _opt(1.0, "clip gradient norm per optimizer step (0: no clipping)", group="optim")
     precision: str = _opt("fp32", "compute precision of every forward (autocast; master weights, optimizer and "
                           "losses stay fp32): bf16; fp16 (CUDA only, with a dynamic loss scaler); fp32 (on CUDA "

@@ -2,7 +2,6 @@
 folders), run before any process group forms so a bad path or file fails with one line."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -30,7 +29,8 @@ def validate_paths(config: Config) -> None:
         except ValueError as error:
             raise ConfigError(f"--tokenizer: {error}") from None
     if config.init_from is not None:
-        _validate_init_from(config)
+        from fedbiobert.config.warm_start import validate_init_from
+        validate_init_from(config)
     _validate_resume_paths(config)
 
 
@@ -89,21 +89,3 @@ def _validate_resume_paths(config: Config) -> None:
         _require(not has_checkpoint(config.output_dir),
                  f"--output_dir '{config.output_dir}' already holds a trained run; resume it with "
                  "--from_checkpoint True or choose another --output_dir")
-
-
-def _validate_init_from(config: Config) -> None:
-    config_file = Path(config.init_from) / "config.json"
-    _require(config_file.is_file(),
-             f"--init_from '{config.init_from}' has no config.json (accepted: an HF model folder)")
-    try:
-        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"--init_from '{config_file}' is not readable JSON ({error})") from None
-    layers = hf_config.get("num_hidden_layers")
-    _require(layers == config.num_layers,
-             f"--num_client_encoder {config.num_client_encoder} + --num_server_encoder "
-             f"{config.num_server_encoder} = {config.num_layers} layers, but --init_from "
-             f"'{config.init_from}' has {layers}")
-    model_type = hf_config.get("model_type")
-    _require(model_type == config.arch,
-             f"--arch {config.arch} but --init_from '{config.init_from}' is a '{model_type}' model")

@@ -3,15 +3,15 @@
 Layout (one concern per module, data flows downward):
 
     errors.py               InputError: bad input, reported as one line by the entry points
-    data_ner.py             CoNLL/IOB2 reading, sub-token alignment, splitting of long sentences
+    data_ner.py             CoNLL/IOB2 reading, sub-token alignment, splitting of long sentences (by words, not tags)
     data_classification.py  CSV label,text reading and encoding
     batching.py             padding examples into batches, seeded shuffling
-    metrics.py              seqeval / scikit-learn scores (strict and lenient NER F1, accuracy, macro-F1)
-    modeling.py             loading an HF folder (or building a random model) with a task head
-    train.py                the training loop (AdamW, linear warm-up/decay) and prediction
-    federated.py            FedAvg of the whole model over silos (engine's aggregate.py + topology.py)
+    metrics.py              seqeval / scikit-learn scores (strict, conlleval and lenient NER F1, accuracy, macro-F1)
+    modeling.py             loading an HF folder (or building a random model) with a seeded task head; probe freezing
+    train.py                the training loop (AdamW, linear warm-up/decay; frozen parts in eval mode) and prediction
+    federated.py            FedAvg of the whole model (a probe: its head) over silos (engine's aggregate, topology)
     silos.py                splitting the training examples into silos (random, dirichlet)
-    run.py                  one fine-tuning run: data -> model -> train -> test scores
+    run.py                  one fine-tuning run: data -> model (or its head alone: --probe) -> train -> test scores
     cli.py                  `python -m fedbiobert.finetune`: options, seeds, JSON and table output
     bench.py                `python -m fedbiobert.finetune.bench`: throughput vs a plain HF loop
 """

@@ -49,7 +49,7 @@ def prepare(options):
         size = RandomModelSize("bert", options.hidden_size, options.num_hidden_layers, 2, 4 * options.hidden_size)
         model, tokenizer = build_random(size, "ner", len(labels), options.tokenizer, options.max_len, seed=0)
     else:
-        model, tokenizer = load_pretrained(options.model, "ner", len(labels), None, options.max_len)
+        model, tokenizer = load_pretrained(options.model, "ner", len(labels), None, options.max_len, seed=0)
     examples = encode_ner(sentences, tokenizer, labels, options.max_len)
     batches = training_batches(examples, options.batch_size, seed=0, pad_id=tokenizer.pad_token_id)
     return model, batches[: options.steps + 1]

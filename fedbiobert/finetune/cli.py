@@ -18,12 +18,22 @@ from pathlib import Path
 from fedbiobert.finetune.errors import InputError
 from fedbiobert.finetune.federated import ProcessContext
 from fedbiobert.finetune.modeling import TASKS
-from fedbiobert.finetune.output import metric_names, results_table, summarize, write_json
-from fedbiobert.finetune.run import detect_task, load_task_data, run_once
+from fedbiobert.finetune.output import results_table, summarize, summary_names, write_json
+from fedbiobert.finetune.run import PROBE_LR, detect_task, load_task_data, run_once
 from fedbiobert.finetune.silos import MAX_SILOS, SPLITS
 
 logger = logging.getLogger(__name__)
 PROG = "fedbiobert-finetune"
+
+
+def parse_bool(text: str) -> bool:
+    """True/False (also 1/0, yes/no), as the engine's own boolean options are spelled."""
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (accepted: True or False)")
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +61,12 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--split", choices=SPLITS, default="random", help="federated: how silos are drawn")
     train.add_argument("--dirichlet_alpha", type=float, default=0.5, help="label skew of --split dirichlet")
     train.add_argument("--participation_ratio", type=float, default=1.0, help="share of silos per round")
-    train.add_argument("--lr", type=float, help="peak learning rate (default 5e-5, 2e-5 for hidden >= 768)")
+    train.add_argument("--probe", type=parse_bool, nargs="?", const=True, default=False, metavar="True|False",
+                       help="frozen-encoder probe: train only the task head (NER: the token classifier; "
+                       "classification: the classifier and BERT's pooler) on fixed encoder features, the "
+                       "encoder in eval mode. Cheap, and more sensitive to what pre-training put in the encoder")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 5e-5, 2e-5 for hidden >= 768; "
+                       f"with --probe {PROBE_LR:g}: a head alone wants a much higher rate, 1e-3 to 1e-2)")
     train.add_argument("--batch_size", type=int, default=32)
     train.add_argument("--max_len", type=int, default=128, help="sub-tokens per example, specials included")
     train.add_argument("--warmup_ratio", type=float, default=0.1)
@@ -126,9 +141,9 @@ def finetune(options, context: ProcessContext = ProcessContext()) -> dict:
     runs = [run_once(options, task_data, seed, context) for seed in seeds]
     if context.rank != 0:
         return {}
-    names = metric_names(task)
-    mean, std = summarize(runs, names)
+    mean, std = summarize(runs, summary_names(task))
     return {"task": task, "data": str(data), "mode": options.mode, "model": str(options.model),
+            "probe": bool(options.probe),
             "n_clients": options.n_clients if options.mode == "federated" else 1,
             "epochs": options.epochs if options.mode == "centralized" else None,
             "rounds": options.rounds if options.mode == "federated" else None,

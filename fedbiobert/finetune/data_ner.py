@@ -4,9 +4,11 @@ A folder holds `train.tsv`, `devel.tsv` (or `dev.tsv`, optional) and `test.tsv`:
 per line, a blank line between sentences, tags `O`, `B-TYPE`, `I-TYPE`.
 
 Encoding puts each word's label on its first sub-token and -100 on the others (and on special
-tokens). A sentence longer than `max_len` sub-tokens is split into chunks of whole words, preferably
-at a word that does not continue an entity; predictions are put back together per sentence before
-scoring, so every gold entity is scored exactly once, whole.
+tokens). A sentence longer than `max_len` sub-tokens is split into chunks of whole words; predictions
+are put back together per sentence before scoring, so every gold entity is scored exactly once, whole.
+Chunk boundaries depend on the words alone, never on the tags: choosing them from gold tags (say, to
+avoid cutting an entity) would hand the model gold information at test time. The same rule serves
+training, so training and test chunks look alike.
 """
 from __future__ import annotations
 
@@ -114,10 +116,14 @@ def _spaces_matter(tokenizer) -> bool:
     return plain != spaced
 
 
-def split_points(piece_counts: list[int], tags: list[str], budget: int) -> list[tuple[int, int]]:
+# Words after which a chunk preferably ends: sentence-internal punctuation seldom sits inside an entity.
+_PUNCTUATION = re.compile(r"^[.,;:!?)\]]+$")
+
+
+def split_points(piece_counts: list[int], words: list[str], budget: int) -> list[tuple[int, int]]:
     """(start, end) word ranges covering the sentence, each within `budget` sub-tokens (a single word
-    longer than that gets a range of its own). A range ends before a word that does not continue an
-    entity when there is one, so entities are seldom cut between two chunks."""
+    longer than that gets a range of its own). From the words only: a range ends after the last
+    punctuation word of its second half when there is one, else at the word that fills the budget."""
     ranges, start, total = [], 0, len(piece_counts)
     while start < total:
         end, used = start, 0
@@ -126,8 +132,8 @@ def split_points(piece_counts: list[int], tags: list[str], budget: int) -> list[
             end += 1
         end = max(end, start + 1)
         if end < total:
-            boundary = next((b for b in range(end, start, -1) if not tags[b].startswith("I-")), end)
-            end = boundary
+            middle = start + (end - start + 1) // 2
+            end = next((b + 1 for b in range(end - 1, middle - 1, -1) if _PUNCTUATION.match(words[b])), end)
         ranges.append((start, end))
         start = end
     return ranges
@@ -142,7 +148,7 @@ def encode_ner(sentences: list[Sentence], tokenizer, labels: list[str], max_len:
     chunks = []
     for index, sentence in enumerate(sentences):
         counts = [min(len(pieces[word]), budget) for word in sentence.words]
-        for first, last in split_points(counts, sentence.tags, budget):
+        for first, last in split_points(counts, sentence.words, budget):
             ids, target = [start_id], [IGNORE]
             for word, tag in zip(sentence.words[first:last], sentence.tags[first:last]):
                 word_ids = pieces[word][:budget]

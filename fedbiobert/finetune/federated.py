@@ -1,4 +1,4 @@
-"""Federated fine-tuning: FedAvg of the whole model over silos.
+"""Federated fine-tuning: FedAvg of the whole model over silos (of the task head alone for a probe).
 
 Each round the engine's `Topology` samples the round's silos (`sample_clients`, via `clients_for`);
 every process trains its sampled silos in turn from the global weights with a fresh optimizer
@@ -52,12 +52,15 @@ def train_silo(model, examples: list, hyper: Hyper, rounds: int, local_epochs: i
 
 def train_federated(model, silos: list[list], hyper: Hyper, rounds: int, local_epochs: int, seed: int,
                     pad_id: int, topology: Topology, context: ProcessContext = ProcessContext(),
-                    on_round_end=lambda round_idx: False) -> list[float]:
-    """Up to `rounds` FedAvg rounds; stops when on_round_end(round) (same answer on every process)."""
+                    on_round_end=lambda round_idx: False, averaged_keys: list[str] | None = None) -> list[float]:
+    """Up to `rounds` FedAvg rounds; stops when on_round_end(round) (same answer on every process).
+
+    `averaged_keys`: the state keys to average (default every floating one). A probe passes its head's
+    names: the frozen encoder is the same everywhere, and averaging it would only add rounding."""
     global_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     losses = []
     for round_idx in range(rounds):
-        total = WeightedSum(global_state)
+        total = WeightedSum(global_state, averaged_keys)
         chosen = topology.clients_for(topology.client_ranks[context.rank], round_idx)
         for client_id in chosen:
             model.load_state_dict(global_state)

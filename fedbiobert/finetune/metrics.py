@@ -1,5 +1,9 @@
-"""Scores: entity-level NER precision/recall/F1 (seqeval, strict IOB2) plus lenient (overlap) F1,
-and classification accuracy and macro-F1 (scikit-learn).
+"""Scores: entity-level NER precision/recall/F1 (seqeval, strict IOB2), the same in seqeval's
+default conlleval-compatible mode (`conlleval_*`, what BioBERT and BLUE report), lenient (overlap)
+F1, and classification accuracy and macro-F1 (scikit-learn).
+
+Strict and conlleval differ on spans opened by I- (invalid IOB2): strict drops them, gold ones
+included; conlleval reads them as entities, so a prediction that starts an entity with I- can match.
 
 Lenient matching: a predicted entity counts as correct when it overlaps a gold entity of the same
 type (entities read CoNLL-style, so a span opened by I- counts too); recall symmetrically.
@@ -18,19 +22,41 @@ def _strict(function, gold, pred, **kwargs):
     return float(function(gold, pred, mode="strict", scheme=IOB2, zero_division=0, **kwargs))
 
 
+def _conlleval(function, gold, pred):
+    return float(function(gold, pred, zero_division=0))  # seqeval's default mode is conlleval's
+
+
 def ner_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
-    """precision, recall, f1 (strict), lenient_precision/recall/f1 and per_type for both."""
+    """precision, recall, f1 (strict), conlleval_ and lenient_ precision/recall/f1, and per_type."""
     scores = {"precision": _strict(precision_score, gold, pred), "recall": _strict(recall_score, gold, pred),
               "f1": _strict(f1_score, gold, pred)}
+    for name, function in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        scores[f"conlleval_{name}"] = _conlleval(function, gold, pred)
     lenient = lenient_scores(gold, pred)
     scores.update({f"lenient_{key}": value for key, value in lenient["all"].items()})
-    report = classification_report(gold, pred, mode="strict", scheme=IOB2, zero_division=0, output_dict=True)
-    scores["per_type"] = {
-        entity_type: {"precision": float(values["precision"]), "recall": float(values["recall"]),
-                      "f1": float(values["f1-score"]), "support": int(values["support"]),
-                      "lenient_f1": lenient.get(entity_type, {}).get("f1", 0.0)}
-        for entity_type, values in report.items() if not entity_type.endswith(" avg")}
+    scores["per_type"] = _per_type(gold, pred, lenient)
     return scores
+
+
+def _per_type(gold: list[list[str]], pred: list[list[str]], lenient: dict) -> dict:
+    """Strict precision/recall/f1/support, conlleval_f1 and lenient_f1 of every entity type either
+    mode finds (a type seen only through I- spans has strict scores 0 and support 0)."""
+    strict = _type_report(gold, pred, mode="strict", scheme=IOB2)
+    conlleval = _type_report(gold, pred)
+    per_type = {}
+    for entity_type in sorted(set(strict) | set(conlleval)):
+        values = strict.get(entity_type, {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+        per_type[entity_type] = {
+            "precision": float(values["precision"]), "recall": float(values["recall"]),
+            "f1": float(values["f1-score"]), "support": int(values["support"]),
+            "conlleval_f1": float(conlleval.get(entity_type, {}).get("f1-score", 0.0)),
+            "lenient_f1": lenient.get(entity_type, {}).get("f1", 0.0)}
+    return per_type
+
+
+def _type_report(gold, pred, **mode) -> dict:
+    report = classification_report(gold, pred, zero_division=0, output_dict=True, **mode)
+    return {key: values for key, values in report.items() if not key.endswith(" avg")}
 
 
 def _spans(sequences: list[list[str]]) -> list[list[tuple[str, int, int]]]:

@@ -1,6 +1,12 @@
 """The model to fine-tune: an HF folder (an engine export `OUT/round{k}` or any masked-LM/encoder
 checkpoint) or, with `--model none`, a random initialisation of the same kind of architecture (the
 no-pre-training control). Either way a fresh task head (token or sequence classification) on top.
+
+The weights a folder lacks (the head, and the pooler of an MLM export) are re-initialised from the
+run's seed alone, one generator per weight name: the same seed gives the same head on every rank and
+whatever the global RNG held or the order in which HF loaded the weights.
+
+`freeze_encoder` turns a model into a probe: only the task head trains (see `head_parameter_names`).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from fedbiobert.data.tokenizer import load_tokenizer
 from fedbiobert.finetune.errors import InputError
-from fedbiobert.model.build import ModelSpec, build_config
+from fedbiobert.model.build import ModelSpec, build_config, initialise_missing
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +84,10 @@ def check_max_len(config, max_len: int) -> None:
         raise InputError(f"--max_len {max_len} exceeds the model's {positions} positions (accepted: <= {positions})")
 
 
-def load_pretrained(model_dir: str | Path, task: str, num_labels: int, tokenizer_path: str | None, max_len: int):
-    """(model with a fresh task head, tokenizer) from an HF folder; InputError if it is not an encoder
-    or its tokenizer does not fit its vocabulary."""
+def load_pretrained(model_dir: str | Path, task: str, num_labels: int, tokenizer_path: str | None, max_len: int,
+                    seed: int):
+    """(model with a fresh task head drawn from `seed`, tokenizer) from an HF folder; InputError if it
+    is not an encoder or its tokenizer does not fit its vocabulary."""
     model_dir = Path(model_dir)
     config = _check_encoder_config(model_dir)
     tokenizer = _tokenizer_or_error(tokenizer_path or model_dir, "--tokenizer" if tokenizer_path else "--model")
@@ -96,11 +103,19 @@ def load_pretrained(model_dir: str | Path, task: str, num_labels: int, tokenizer
                          f"({str(error).strip().splitlines()[0][:160]})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    missing = [key for key in info["missing_keys"] if not key.startswith(_NEW_WEIGHT_PREFIXES)]
+    missing = sorted(key for key in info["missing_keys"] if not key.startswith(_NEW_WEIGHT_PREFIXES))
     if missing:
         raise InputError(f"--model '{model_dir}' lacks {len(missing)} encoder weight(s), e.g. {missing[0]!r}: "
                          "not a masked-LM/encoder checkpoint")
+    reinitialise(model, sorted(info["missing_keys"]), seed)
     return model, tokenizer
+
+
+def reinitialise(model: torch.nn.Module, names: list[str], seed: int) -> None:
+    """Draw the task-head weights `names` from `seed` alone (model.build.initialise_missing): from_pretrained
+    draws them from the global RNG, which differs between ranks and between seeds of one process."""
+    initialise_missing(model, names, seed, purpose="task head")
+    logger.info("newly initialised from seed %d: %s", seed, ", ".join(names) or "none (the folder has a head)")
 
 
 def build_random(size: RandomModelSize, task: str, num_labels: int, tokenizer_path: str | None,
@@ -120,3 +135,22 @@ def build_random(size: RandomModelSize, task: str, num_labels: int, tokenizer_pa
     config.num_labels = num_labels
     torch.manual_seed(seed)
     return _RANDOM_CLASSES[(size.arch, task)](config), tokenizer
+
+
+def head_parameter_names(model: torch.nn.Module) -> list[str]:
+    """The task head's parameters: the classifier, plus BERT's pooler for classification, so that
+    BERT and RoBERTa (whose classification head holds its own dense layer) both train dense + tanh +
+    linear on the first token; for NER the head is the linear token classifier alone."""
+    return [name for name, _ in model.named_parameters() if name.startswith(_NEW_WEIGHT_PREFIXES)]
+
+
+def freeze_encoder(model: torch.nn.Module) -> list[str]:
+    """A probe: requires_grad False on everything but the task head; returns the head's names."""
+    head = head_parameter_names(model)
+    if not head:
+        raise ValueError(f"{type(model).__name__} has no task head parameters to train")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in head)
+    logger.info("probe: encoder frozen, training only %s (%d parameters)", ", ".join(head),
+                sum(param.numel() for param in model.parameters() if param.requires_grad))
+    return head

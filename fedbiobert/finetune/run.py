@@ -1,6 +1,10 @@
 """One fine-tuning run: read the task data, build the model, train (centralized or federated) with
 early stopping on the dev split, and score the test split. `run_once` returns the result record
-that the CLI writes as JSON.
+that the CLI writes as JSON; `fine_tune` also returns the trained model and the training losses.
+
+With `--probe` the encoder is frozen and only the task head trains (modeling.freeze_encoder); the
+encoder then runs in eval mode while training (train.training_mode) and federated rounds average
+the head alone, so the encoder ends bit-identical to the one loaded.
 """
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from fedbiobert.finetune import data_ner as ner_data
 from fedbiobert.finetune.errors import InputError
 from fedbiobert.finetune.federated import ProcessContext, build_topology, train_federated
 from fedbiobert.finetune.metrics import classification_scores, ner_scores
-from fedbiobert.finetune.modeling import RandomModelSize, build_random, load_pretrained
+from fedbiobert.finetune.modeling import RandomModelSize, build_random, freeze_encoder, load_pretrained
 from fedbiobert.finetune.silos import split_silos
 from fedbiobert.finetune.train import EarlyStopping, Hyper, predict, train_centralized
 
 logger = logging.getLogger(__name__)
+
+PROBE_LR = 1e-3  # default --lr of a probe: a freshly initialised head alone needs a far larger step
 
 
 @dataclass
@@ -96,7 +102,14 @@ def build_model(options, task_data: TaskData, seed: int):
         size = RandomModelSize(options.arch, options.hidden_size, options.num_hidden_layers,
                                options.num_attention_heads, options.intermediate_size)
         return build_random(size, task_data.task, len(task_data.labels), options.tokenizer, options.max_len, seed)
-    return load_pretrained(options.model, task_data.task, len(task_data.labels), options.tokenizer, options.max_len)
+    return load_pretrained(options.model, task_data.task, len(task_data.labels), options.tokenizer, options.max_len,
+                           seed)
+
+
+def prepare_model(options, task_data: TaskData, seed: int):
+    """(model, tokenizer, averaged_keys): the state keys FedAvg averages, None (all) or a probe's head."""
+    model, tokenizer = build_model(options, task_data, seed)
+    return model, tokenizer, (freeze_encoder(model) if options.probe else None)
 
 
 def silo_keys(task_data: TaskData, encoded: list) -> list:
@@ -106,13 +119,24 @@ def silo_keys(task_data: TaskData, encoded: list) -> list:
     return [next((task_data.labels[label][2:] for label in example.labels if label > 0), "O") for example in encoded]
 
 
+@dataclass
+class Outcome:
+    model: object           # the trained model (best dev weights restored on rank 0)
+    record: dict            # the result record ({} on ranks other than 0)
+    losses: list[float]     # the loss of every training step of this process
+
+
 def run_once(options, task_data: TaskData, seed: int, context: ProcessContext = ProcessContext()) -> dict:
     """Fine-tune with `seed` and return the result record (scores on the test split)."""
-    model, tokenizer = build_model(options, task_data, seed)
+    return fine_tune(options, task_data, seed, context).record
+
+
+def fine_tune(options, task_data: TaskData, seed: int, context: ProcessContext = ProcessContext()) -> Outcome:
+    model, tokenizer, averaged_keys = prepare_model(options, task_data, seed)
     pad_id = tokenizer.pad_token_id
     train, dev, test = (encode(task_data, items, tokenizer, options.max_len)
                         for items in (task_data.train, task_data.dev, task_data.test))
-    hyper = Hyper(lr=options.lr or default_lr(model), batch_size=options.batch_size,
+    hyper = Hyper(lr=options.lr or default_lr(model, options.probe), batch_size=options.batch_size,
                   warmup_ratio=options.warmup_ratio, weight_decay=options.weight_decay)
     stopper = EarlyStopping(options.patience)
 
@@ -129,27 +153,35 @@ def run_once(options, task_data: TaskData, seed: int, context: ProcessContext = 
     if options.mode == "centralized":
         losses = train_centralized(model, train, hyper, options.epochs, seed, pad_id, evaluate_dev)
     else:
-        losses = _train_federated(options, task_data, model, train, hyper, seed, pad_id, context, evaluate_dev)
+        losses = _train_federated(options, task_data, model, train, hyper, seed, pad_id, context, evaluate_dev,
+                                  averaged_keys)
     train_seconds = time.perf_counter() - started
     if context.rank != 0:
-        return {}
+        return Outcome(model, {}, losses)
     stopper.restore(model)
     scores = score(task_data, task_data.test, test, predict(model, test, hyper, pad_id))
-    return {"seed": seed, "lr": hyper.lr, "train_seconds": round(train_seconds, 3), "steps": len(losses),
-            "best_dev": stopper.best_score, "best_epoch_or_round": stopper.best_index + 1,
-            "train_examples": len(train), "test_examples": len(task_data.test), **scores}
+    record = {"seed": seed, "lr": hyper.lr, "train_seconds": round(train_seconds, 3), "steps": len(losses),
+              "best_dev": stopper.best_score, "best_epoch_or_round": stopper.best_index + 1,
+              "train_examples": len(train), "test_examples": len(task_data.test),
+              "trained_parameters": sum(param.numel() for param in model.parameters() if param.requires_grad),
+              **scores}
+    return Outcome(model, record, losses)
 
 
-def _train_federated(options, task_data, model, train, hyper, seed, pad_id, context, on_round_end):
+def _train_federated(options, task_data, model, train, hyper, seed, pad_id, context, on_round_end,
+                     averaged_keys):
     keys = silo_keys(task_data, train)
     parts = split_silos(keys, options.n_clients, options.split, seed, options.dirichlet_alpha)
     silos = [[train[index] for index in part] for part in parts]
     logger.info("%d silos (%s split): examples per silo %s", len(silos), options.split, [len(s) for s in silos])
     topology = build_topology(options.n_clients, options.participation_ratio, seed, context.world_size)
     return train_federated(model, silos, hyper, options.rounds, options.local_epochs, seed, pad_id, topology,
-                           context, on_round_end)
+                           context, on_round_end, averaged_keys)
 
 
-def default_lr(model) -> float:
-    """5e-5 for small models, 2e-5 for base-sized and larger (hidden >= 768), as in the papers."""
+def default_lr(model, probe: bool = False) -> float:
+    """5e-5 for small models, 2e-5 for base-sized and larger (hidden >= 768), as in the papers;
+    PROBE_LR for a probe."""
+    if probe:
+        return PROBE_LR
     return 2e-5 if model.config.hidden_size >= 768 else 5e-5

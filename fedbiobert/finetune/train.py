@@ -58,10 +58,20 @@ class LinearSchedule:
         return learning_rate(step, self.total_steps, self.warmup_steps, self.peak_lr, 0.0, power=1.0)
 
 
+def training_mode(model: torch.nn.Module) -> None:
+    """model.train(), except that submodules with only frozen parameters (a probe's encoder) stay in
+    eval mode: no dropout inside them, so the head trains on fixed features."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(param.requires_grad for param in params):
+            module.eval()
+
+
 def train_epoch(model, batches, optimizer, schedule, first_step: int, max_grad_norm: float,
                 desc: str = "") -> list[float]:
     """One pass over `batches`; returns the loss of every step."""
-    model.train()
+    training_mode(model)
     losses = []
     for offset, batch in enumerate(tqdm(batches, desc=desc, leave=False, disable=not show_progress())):
         set_learning_rate(optimizer, schedule(first_step + offset))

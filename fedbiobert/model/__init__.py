@@ -13,6 +13,7 @@ from fedbiobert.model.build import (
     load_full_model,
     num_layers_of,
     untie_output_embeddings,
+    untied_config,
 )
 from fedbiobert.model.mlm import (
     IGNORE_INDEX,
@@ -46,5 +47,5 @@ __all__ = [
     "full_mlm_loss", "gather_masked", "join_state_dicts", "load_full_model",
     "load_joined_state",
     "masked_positions", "masked_targets", "mlm_loss", "num_layers_of", "split_model",
-    "untie_output_embeddings",
+    "untie_output_embeddings", "untied_config",
 ]

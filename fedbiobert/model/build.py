@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from fedbiobert.constants import ARCHS
+from fedbiobert.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def num_layers_of(config) -> int:
     return int(config.num_hidden_layers)
 
 
-def _untied_config(config: PretrainedConfig) -> PretrainedConfig:
+def untied_config(config: PretrainedConfig) -> PretrainedConfig:
     if not getattr(config, "tie_word_embeddings", False):
         return config
     logger.info("config ties word embeddings to the MLM decoder; using an untied copy")
@@ -127,7 +128,7 @@ def build_full_model(spec_or_config, seed: int | None = None) -> PreTrainedModel
     config = spec_or_config
     if isinstance(spec_or_config, ModelSpec):
         config = build_config(spec_or_config)
-    config = _untied_config(config)
+    config = untied_config(config)
     arch = arch_of(config)
     if seed is not None:
         torch.manual_seed(seed)
@@ -159,16 +160,60 @@ def _has_weights_and_config(hf_dir: str) -> bool:
     return any(os.path.isfile(os.path.join(hf_dir, name)) for name in _WEIGHT_FILES)
 
 
-def load_full_model(hf_dir: str) -> PreTrainedModel:
-    """Load a local BERT/RoBERTa masked-LM folder (never downloads) with an untied final head."""
+def load_full_model(hf_dir: str, seed: int = 0) -> PreTrainedModel:
+    """Load a local BERT/RoBERTa folder as a masked-LM (never downloads) with an untied final head.
+
+    An encoder-only folder (`BertModel` / `RobertaModel`, e.g. a sentence-transformers export) loads too:
+    its pooler is dropped, and the MLM-head weights it lacks are drawn from a generator seeded with
+    `seed`, so every process of a run starts from the same head and `--manual_seed` reproduces it
+    (HF would draw them from each process's global generator).
+    """
     if not os.path.isdir(hf_dir) or not _has_weights_and_config(hf_dir):
         raise ValueError(f"hf_dir {hf_dir!r} has no config.json plus model weights; "
                          "accepted: a folder written by save_pretrained")
-    model = AutoModelForMaskedLM.from_pretrained(hf_dir, local_files_only=True)
+    with _quiet_transformers():  # its load report is replaced by the lines below
+        model, info = AutoModelForMaskedLM.from_pretrained(hf_dir, local_files_only=True, output_loading_info=True)
     arch_of(model)
     if getattr(model.config, "tie_word_embeddings", False):
         # Cloning every pair the config ties is harmless for a pair HF left untied
         # (checkpoint values differed) and frees the ones it did tie.
         untie_output_embeddings(model)
         logger.info("untied the MLM decoder of %s from its word embeddings", hf_dir)
+    if info["missing_keys"]:
+        initialise_missing(model, sorted(info["missing_keys"]), seed)
+        logger.info("%s lacks %s: initialised from seed %d (matrices ~ N(0, %g), biases 0, norms 1; the decoder "
+                    "starts as the word embeddings; a client's auxiliary head starts as a copy of this head)",
+                    hf_dir, ", ".join(sorted(info["missing_keys"])), seed, model.config.initializer_range)
+    if info["unexpected_keys"]:
+        logger.info("%s: dropped %s (not part of a masked-LM)", hf_dir, ", ".join(sorted(info["unexpected_keys"])))
     return model
+
+
+@torch.no_grad()
+def initialise_missing(model: torch.nn.Module, names: list[str], seed: int, purpose: str = "mlm head") -> None:
+    """Draw the named weights as BERT's init does (matrices N(0, initializer_range), biases 0, norm
+    scales 1), each from a generator seeded by (seed, purpose, name) alone: the result depends neither on
+    the global generator (which differs between processes) nor on which other weights are missing."""
+    state = model.state_dict(keep_vars=True)
+    std = getattr(model.config, "initializer_range", 0.02)
+    for name in names:
+        tensor = state[name]
+        if tensor.dim() >= 2:
+            generator = torch.Generator().manual_seed(derive_seed(seed, purpose, name))
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+        else:
+            tensor.fill_(0.0 if name.endswith("bias") else 1.0)
+
+
+class _quiet_transformers:
+    """transformers' logging at ERROR inside the block (its load report names every missing key)."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+        self._logging = hf_logging
+        self._level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        self._logging.set_verbosity(self._level)
+        return False

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from fedbiobert.aggregate import weighted_average
-from fedbiobert.checkpoint import config_record, export_round, prune_rounds, save_resume_state
+from fedbiobert.checkpoint import (config_record, data_fingerprints, export_round, prune_rounds,
+                                   save_resume_state)
 from fedbiobert.evaluation import ValidationSet
 from fedbiobert.metrics import Progress, RunReporter, mean
 from fedbiobert.model import build_joined_model, load_joined_state
@@ -79,6 +80,9 @@ class RoundWriter:
         self.earlier_rounds: list[dict] = self.reporter.truncate_after_round(session.start_round)
         self.history: list[dict] = []
         self.joined = None  # the joined model, reused across rounds (see _joined_model)
+        # Corpus, vocabulary and --init_from by content, once (they do not change during a run): a resume
+        # compares them, so moved but identical inputs are accepted and changed ones refused.
+        self.fingerprints = data_fingerprints(self.config, session.tokenizer)
 
     def round_failure(self, round_idx: int, pieces: list[RoundPiece]) -> str | None:
         """Why this round cannot be kept (too few clients reported), or None."""
@@ -126,8 +130,8 @@ class RoundWriter:
         client_state = next(piece.client_state for piece in pieces if piece.client_state is not None)
         private = {cid: s for piece in pieces for cid, s in piece.private_states.items()}
         servers = {piece.rank: piece.server_state for piece in pieces if piece.server_state is not None}
-        return {"round": round_idx + 1, "config": config_record(self.config), "client_state": client_state,
-                "server_states": servers, "private_states": private}
+        return {"round": round_idx + 1, "config": config_record(self.config), "fingerprints": self.fingerprints,
+                "client_state": client_state, "server_states": servers, "private_states": private}
 
     def _export_client_state(self, state: dict) -> dict:
         """The exported model's client part; private tensors (--fedavg_embedding_head False) are

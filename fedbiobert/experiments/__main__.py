@@ -1,0 +1,44 @@
+"""`python -m fedbiobert.experiments NAME ...`: NAME is an experiment (parity)."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from fedbiobert.bench.matrix import BenchError
+from fedbiobert.experiments import parity
+
+EXPERIMENTS = {"parity": parity}
+PROG = "python -m fedbiobert.experiments"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    for name, module in EXPERIMENTS.items():
+        sub = commands.add_parser(name, help=module.__doc__.split("\n")[0], description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+    return parser
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: the running subprocess is stopped, not orphaned
+    try:
+        return EXPERIMENTS[args.experiment].run(args, argv)
+    except BenchError as error:
+        parser.exit(2, f"{PROG}: error: {error}\n")
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted; finished work is kept (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,8 +26,8 @@ from fedbiobert.bench.matrix import BenchError, RunSpec
 from fedbiobert.bench.results import add_speedups, machine_info, result_row
 from fedbiobert.bench.runner import REPO, RunnerSettings, run_spec
 from fedbiobert.experiments.downstream import finished_record, run_job
-from fedbiobert.experiments.parity_plan import (PRESETS, choose_tasks, control_jobs, export_jobs, pretraining_specs,
-                                                read_model_shape, with_overrides)
+from fedbiobert.experiments.parity_plan import (PRESETS, PUBLIC_PRESETS, choose_tasks, control_jobs, export_jobs,
+                                                pretraining_specs, read_model_shape, with_overrides)
 from fedbiobert.experiments.parity_report import downstream_entry, write_results
 from fedbiobert.experiments.progress import say
 
@@ -35,7 +35,7 @@ DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="small", help=f"one of {', '.join(PRESETS)} (default small)")
+    parser.add_argument("--preset", default="small", help=f"one of {', '.join(PUBLIC_PRESETS)} (default small)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--init_from", default=str(REPO / "models" / "minilm-l6"),
                         help="the general model every run starts from (an HF BERT/RoBERTa folder)")
@@ -70,7 +70,7 @@ class Plan:
 def make_plan(args: argparse.Namespace) -> Plan:
     """Every input checked before any work; BenchError (one line) for the first bad one."""
     if args.preset not in PRESETS:
-        raise BenchError(f"--preset '{args.preset}' is unknown (accepted: {', '.join(PRESETS)})")
+        raise BenchError(f"--preset '{args.preset}' is unknown (accepted: {', '.join(PUBLIC_PRESETS)})")
     preset = with_overrides(PRESETS[args.preset], seeds=args.seeds, lr=args.lr,
                             head_warmup_fraction=args.head_warmup_fraction)
     init_from, data_root, out = Path(args.init_from), Path(args.data_root), Path(args.out)

@@ -19,6 +19,7 @@ from fedbiobert.bench.matrix import BenchError, RunSpec, algorithm_kinds, build_
 from fedbiobert.bench.presets import Preset
 
 GENERAL, RANDOM = "general-model", "random-init"
+PUBLIC_PRESETS = ("small", "full")
 CONTROLS = (GENERAL, RANDOM)
 
 
@@ -64,7 +65,16 @@ class ParityPreset:
 
 
 _NER_SMALL = dict(max_train=1000, max_test=1000, epochs=3)
+_NER_TINY = dict(max_train=40, max_test=40, epochs=1, max_len=64)
 PRESETS = {
+    "tiny": ParityPreset(  # hidden: for tests only (a few minutes with a tiny general model)
+        name="tiny", description="test-sized", n_clients=2, n_comm_rounds=2, num_batch=2, batch_size=4, max_len=64,
+        lr=1e-3, val_blocks=8, head_warmup_fraction=0.25,
+        tasks=(Task("ncbi_disease", "ner/ncbi_disease", "conlleval_f1", **_NER_TINY),
+               Task("bc5cdr", "ner/bc5cdr", "conlleval_f1", **_NER_TINY),
+               Task("medical_abstracts", "classification/medical_abstracts", "accuracy", max_train=40, max_test=40,
+                    epochs=1, max_len=64)),
+        finetune_lr=1e-3, probe_lr=3e-3, probe_epochs=1, run_timeout=300),
     "small": ParityPreset(
         name="small", description="2-core CPU, about 75 minutes: 2 silos x 2 rounds x 20 batches of 16 x 128 "
         "tokens per run; 1,000 training sentences per task, dev/test capped at 1,000",

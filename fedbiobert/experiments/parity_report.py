@@ -1,9 +1,12 @@
 """The parity experiment's outputs: results.json, results.md and parity.png.
 
 Comparisons (repeated in results.md):
-- speedup_vs_fedbert: seconds per steady round of FedBERT as published (fedbert-0-L, head on the client)
-  over this run's, both measured in this experiment, one after the other on the same machine
-  (bench.results.add_speedups); pre-training wall time is the run's summary wall_seconds.
+- pretrain_seconds: the sum of the run's round times (training, exchange and validation; not start-up, which
+  includes building the token cache for the first run only).
+- speedup_total_vs_fedbert: FedBERT's pretrain_seconds over the run's (the whole schedule, warm-up round
+  included); speedup_vs_fedbert: seconds per steady round of FedBERT as published (fedbert-0-L, head on the
+  client) over this run's (bench.results.add_speedups). Both come from runs of this experiment, one after
+  the other on the same machine.
 - val_loss_vs_fedbert_pct: (validation MLM loss - FedBERT's) / FedBERT's, in percent; the validation
   set is drawn from every corpus file, the same blocks and masks for every run.
 - Downstream, per task and mode (finetune: every weight trained; probe: the encoder frozen): the mean and
@@ -33,6 +36,11 @@ def fedbert_name(rows: list[dict]) -> str | None:
 
 def pretraining_row_view(row: dict, baseline: dict | None) -> dict:
     view = {key: row.get(key) for key in PRETRAINING_FIELDS}
+    curve = row.get("curve") or []
+    view["seconds_at_round"] = {str(point["round"]): point["train_seconds"] for point in curve}
+    view["pretrain_seconds"] = curve[-1]["train_seconds"] if curve else None
+    if baseline and view["pretrain_seconds"] and baseline.get("curve"):
+        view["speedup_total_vs_fedbert"] = baseline["curve"][-1]["train_seconds"] / view["pretrain_seconds"]
     if baseline and row.get("val_loss") is not None and baseline.get("val_loss"):
         view["val_loss_vs_fedbert_pct"] = 100 * (row["val_loss"] - baseline["val_loss"]) / baseline["val_loss"]
     return view
@@ -79,6 +87,10 @@ def _num(value, digits: int = 2, suffix: str = "") -> str:
     return "-" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
+def _times(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def _signed(value, digits: int = 1, scale: float = 100.0) -> str:
     return "-" if value is None else f"{scale * value:+.{digits}f}"
 
@@ -90,12 +102,13 @@ def markdown(results: dict) -> str:
              f"{machine.get('processor')} ({machine.get('device')}); general model: `{results['init_from']}`, "
              f"cut {results['cut']}.", "",
              "## Pre-training (equal tokens, same schedule and seed)", "",
-             "| run | wall s | s/round | speed-up vs FedBERT | val MLM loss ± SE | vs FedBERT | status |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | pre-training s | speed-up (total) | s/round (steady) | speed-up (steady) | val MLM loss ± SE | "
+             "vs FedBERT | status |", "|---|---|---|---|---|---|---|---|"]
     for row in results["pretraining"]:
         speedup = "-" if row.get("speedup_vs_fedbert") is None else f"{row['speedup_vs_fedbert']:.2f}x"
         val = "-" if row.get("val_loss") is None else f"{row['val_loss']:.4f} ± {row['val_loss_se']:.4f}"
-        lines.append(f"| {row['name']} | {_num(row.get('wall_seconds'), 1)} | {_num(row.get('seconds_per_round'))} "
+        lines.append(f"| {row['name']} | {_num(row.get('pretrain_seconds'), 1)} | "
+                     f"{_times(row.get('speedup_total_vs_fedbert'))} | {_num(row.get('seconds_per_round'))} "
                      f"| {speedup} | {val} | {_num(row.get('val_loss_vs_fedbert_pct'), 2, '%')} | {row['status']} |")
     lines += ["", "Validation loss by corpus file:", "", *_by_file_table(results["pretraining"]), ""]
     for mode, title in (("finetune", "Fine-tuning (every weight trained)"), ("probe", "Frozen-encoder probe")):
@@ -161,15 +174,14 @@ def plot_scores(results: dict, path) -> None:
     import matplotlib.pyplot as plt
     entries = results["downstream"]
     panels = list(dict.fromkeys((entry["task"], entry["mode"]) for entry in entries))
-    wall = {row["name"]: row.get("wall_seconds") for row in results["pretraining"]}
-    rounds_of = {row["name"]: row for row in results["pretraining"]}
+    seconds = {row["name"]: row.get("seconds_at_round") or {} for row in results["pretraining"]}
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4 * rows), squeeze=False)
     for axis, (task, mode) in zip(axes.flat, panels):
-        _panel(axis, [e for e in entries if e["task"] == task and e["mode"] == mode], wall, rounds_of)
+        _panel(axis, [e for e in entries if e["task"] == task and e["mode"] == mode], seconds)
         axis.set_title(f"{task} ({mode})")
-        axis.set_xlabel("pre-training wall time (s)")
+        axis.set_xlabel("pre-training time (s, sum of round times)")
         axis.set_ylabel(entries[0]["metric"] if mode else "")
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
@@ -180,7 +192,7 @@ def plot_scores(results: dict, path) -> None:
     plt.close(figure)
 
 
-def _panel(axis, entries: list[dict], wall: dict, rows: dict) -> None:
+def _panel(axis, entries: list[dict], seconds: dict) -> None:
     for control, style in ((GENERAL, "--"), (RANDOM, ":")):
         found = next((e for e in entries if e["model"] == control), None)
         if found:
@@ -188,16 +200,8 @@ def _panel(axis, entries: list[dict], wall: dict, rows: dict) -> None:
     methods = dict.fromkeys(e["model"].split("@")[0] for e in entries if e["model"] not in CONTROLS)
     for method in methods:
         points = sorted((e for e in entries if e["model"].split("@")[0] == method), key=lambda e: e["round"] or 0)
-        total_rounds = (rows.get(method) or {}).get("rounds") or 0
-        seconds = [_time_at(wall.get(method), e["round"], total_rounds) for e in points]
-        usable = [(s, e) for s, e in zip(seconds, points) if s is not None]
+        at = [(seconds.get(method, {}).get(str(e["round"])), e) for e in points]
+        usable = [(time, e) for time, e in at if time is not None]
         if usable:
-            axis.errorbar([s for s, _ in usable], [e["mean"] for _, e in usable], yerr=[e["std"] for _, e in usable],
-                          marker="o", capsize=3, label=method)
-
-
-def _time_at(total_seconds, round_number, total_rounds):
-    """Wall time at the end of a round, pro rata (rounds of a run take about the same time)."""
-    if total_seconds is None or not round_number or not total_rounds:
-        return total_seconds
-    return total_seconds * round_number / total_rounds
+            axis.errorbar([time for time, _ in usable], [e["mean"] for _, e in usable],
+                          yerr=[e["std"] for _, e in usable], marker="o", capsize=3, label=method)

@@ -9,6 +9,7 @@ Layout (one concern per module, data flows downward):
     metrics.py              seqeval / scikit-learn scores (strict, conlleval and lenient NER F1, accuracy, macro-F1)
     modeling.py             loading an HF folder (or building a random model) with a seeded task head; probe freezing
     train.py                the training loop (AdamW, linear warm-up/decay; frozen parts in eval mode) and prediction
+    probe.py                a probe's encoder features computed once (cache), the task head run on them
     federated.py            FedAvg of the whole model (a probe: its head) over silos (engine's aggregate, topology)
     silos.py                splitting the training examples into silos (random, dirichlet)
     run.py                  one fine-tuning run: data -> model (or its head alone: --probe) -> train -> test scores

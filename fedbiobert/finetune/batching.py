@@ -11,7 +11,9 @@ from fedbiobert.finetune.data_ner import IGNORE
 
 
 def collate(examples: list, pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask padded to the longest example; token labels padded with -100."""
+    """input_ids and attention_mask padded to the longest example; token labels padded with -100.
+    Examples with `features` (a probe's cached encoder output, probe.CachedExample) add them:
+    [length, hidden] per example padded with zeros to [batch, width, hidden], or [hidden] stacked."""
     width = max(len(example.input_ids) for example in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -24,7 +26,19 @@ def collate(examples: list, pad_id: int) -> dict[str, torch.Tensor]:
         attention_mask[row, :size] = 1
         if token_labels:
             labels[row, :size] = torch.tensor(example.labels)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if hasattr(examples[0], "features"):
+        batch["features"] = _pad_features([example.features for example in examples], width)
+    return batch
+
+
+def _pad_features(features: list[torch.Tensor], width: int) -> torch.Tensor:
+    if features[0].dim() == 1:
+        return torch.stack(features)
+    padded = features[0].new_zeros((len(features), width, features[0].shape[-1]))
+    for row, value in enumerate(features):
+        padded[row, :len(value)] = value
+    return padded
 
 
 def epoch_order(num_examples: int, seed: int) -> list[int]:

@@ -19,6 +19,7 @@ from fedbiobert.finetune.errors import InputError
 from fedbiobert.finetune.federated import ProcessContext
 from fedbiobert.finetune.modeling import TASKS
 from fedbiobert.finetune.output import results_table, summarize, summary_names, write_json
+from fedbiobert.finetune.probe import FeatureCache
 from fedbiobert.finetune.run import PROBE_LR, detect_task, load_task_data, run_once
 from fedbiobert.finetune.silos import MAX_SILOS, SPLITS
 
@@ -138,7 +139,8 @@ def finetune(options, context: ProcessContext = ProcessContext()) -> dict:
     data = Path(options.data)
     task = detect_task(data) if options.task == "auto" else options.task
     task_data = load_task_data(task, data, options.max_train_sentences, options.max_test_sentences, options.dev_ratio)
-    runs = [run_once(options, task_data, seed, context) for seed in seeds]
+    cache = FeatureCache() if options.probe else None  # a probe's encoder runs once for all seeds
+    runs = [run_once(options, task_data, seed, context, cache) for seed in seeds]
     if context.rank != 0:
         return {}
     mean, std = summarize(runs, summary_names(task))

@@ -4,12 +4,15 @@ that the CLI writes as JSON; `fine_tune` also returns the trained model and the 
 
 With `--probe` the encoder is frozen and only the task head trains (modeling.freeze_encoder); the
 encoder then runs in eval mode while training (train.training_mode) and federated rounds average
-the head alone, so the encoder ends bit-identical to the one loaded.
+the head alone, so the encoder ends bit-identical to the one loaded. The encoder's features are
+computed once per invocation (probe.FeatureCache: every epoch, round and seed, dev and test) and the
+head trains on them (probe.head_on_features), centralized and federated alike.
 """
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +24,16 @@ from fedbiobert.finetune.errors import InputError
 from fedbiobert.finetune.federated import ProcessContext, build_topology, train_federated
 from fedbiobert.finetune.metrics import classification_scores, ner_scores
 from fedbiobert.finetune.modeling import RandomModelSize, build_random, freeze_encoder, load_pretrained
+from fedbiobert.finetune.probe import FeatureCache, head_on_features, supports_cached_head
 from fedbiobert.finetune.silos import split_silos
 from fedbiobert.finetune.train import EarlyStopping, Hyper, predict, train_centralized
 
 logger = logging.getLogger(__name__)
 
 PROBE_LR = 1e-3  # default --lr of a probe: a freshly initialised head alone needs a far larger step
+# Private switch: False makes a probe re-run its frozen encoder on every batch, as before the feature
+# cache (probe.py); the tests compare the two paths with it.
+_CACHE_PROBE_FEATURES = True
 
 
 @dataclass
@@ -126,24 +133,43 @@ class Outcome:
     losses: list[float]     # the loss of every training step of this process
 
 
-def run_once(options, task_data: TaskData, seed: int, context: ProcessContext = ProcessContext()) -> dict:
+def run_once(options, task_data: TaskData, seed: int, context: ProcessContext = ProcessContext(),
+             cache: FeatureCache | None = None) -> dict:
     """Fine-tune with `seed` and return the result record (scores on the test split)."""
-    return fine_tune(options, task_data, seed, context).record
+    return fine_tune(options, task_data, seed, context, cache).record
 
 
-def fine_tune(options, task_data: TaskData, seed: int, context: ProcessContext = ProcessContext()) -> Outcome:
+def fine_tune(options, task_data: TaskData, seed: int, context: ProcessContext = ProcessContext(),
+              cache: FeatureCache | None = None) -> Outcome:
+    """`cache`: a probe's encoder features, shared by the seeds of one invocation (default: this run's own)."""
     model, tokenizer, averaged_keys = prepare_model(options, task_data, seed)
     pad_id = tokenizer.pad_token_id
-    train, dev, test = (encode(task_data, items, tokenizer, options.max_len)
-                        for items in (task_data.train, task_data.dev, task_data.test))
+    encoded = {name: encode(task_data, items, tokenizer, options.max_len)
+               for name, items in (("train", task_data.train), ("dev", task_data.dev), ("test", task_data.test))}
     hyper = Hyper(lr=options.lr or default_lr(model, options.probe), batch_size=options.batch_size,
                   warmup_ratio=options.warmup_ratio, weight_decay=options.weight_decay)
+    cached = bool(options.probe) and _CACHE_PROBE_FEATURES and supports_cached_head(model)
+    if options.probe and not cached:
+        logger.info("probe: the encoder of %s runs on every batch (uncached)", type(model).__name__)
+    inputs = dict(encoded)  # what the model reads: the encoded examples or, for a cached probe, their features
+    if cached:
+        needed = ("train", "dev", "test") if context.rank == 0 else ("train",)  # rank 0 alone evaluates
+        cache = cache if cache is not None else FeatureCache()
+        inputs.update(cache.examples(model, {name: encoded[name] for name in needed}, pad_id, hyper.eval_batch_size))
+    with head_on_features(model) if cached else nullcontext():
+        return _train_and_score(options, task_data, seed, context, model, averaged_keys, pad_id, hyper,
+                                encoded, inputs)
+
+
+def _train_and_score(options, task_data, seed, context, model, averaged_keys, pad_id, hyper, encoded,
+                     inputs) -> Outcome:
+    train, dev, test = inputs["train"], inputs.get("dev"), inputs.get("test")
     stopper = EarlyStopping(options.patience)
 
     def evaluate_dev(index: int) -> bool:
         stop = None
         if context.rank == 0:
-            dev_score = main_score(score(task_data, task_data.dev, dev, predict(model, dev, hyper, pad_id)))
+            dev_score = main_score(score(task_data, task_data.dev, encoded["dev"], predict(model, dev, hyper, pad_id)))
             logger.info("dev %s after %s %d: %.4f", "f1" if task_data.task == "ner" else "macro_f1",
                         "epoch" if options.mode == "centralized" else "round", index + 1, dev_score)
             stop = stopper.update(dev_score, model, index)
@@ -159,7 +185,7 @@ def fine_tune(options, task_data: TaskData, seed: int, context: ProcessContext =
     if context.rank != 0:
         return Outcome(model, {}, losses)
     stopper.restore(model)
-    scores = score(task_data, task_data.test, test, predict(model, test, hyper, pad_id))
+    scores = score(task_data, task_data.test, encoded["test"], predict(model, test, hyper, pad_id))
     record = {"seed": seed, "lr": hyper.lr, "train_seconds": round(train_seconds, 3), "steps": len(losses),
               "best_dev": stopper.best_score, "best_epoch_or_round": stopper.best_index + 1,
               "train_examples": len(train), "test_examples": len(task_data.test),

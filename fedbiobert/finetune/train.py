@@ -119,7 +119,7 @@ def predict(model, examples: list, hyper: Hyper, pad_id: int) -> list:
     order, batches = eval_batches(examples, hyper.eval_batch_size, pad_id)
     flat = []
     for batch in batches:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits
         best = logits.argmax(-1)
         if best.dim() == 1:
             flat.extend(best.tolist())

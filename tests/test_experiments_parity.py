@@ -52,7 +52,10 @@ def test_controls_and_exports_are_fine_tuned_and_probed_on_every_task(tmp_path):
     preset = with_overrides(PRESETS["small"], seeds="1,2")
     exports = export_jobs("fedbiobert-1-1", tmp_path / "run", [1, 2], preset.tasks)
     jobs = control_jobs(preset, folder, preset.tasks) + exports
-    assert len(jobs) == 2 * 3 * 2 + 2 * 3 * 2  # (general, random) x tasks x modes + rounds x tasks x modes
+    # the small preset fine-tunes fully on NCBI-disease and probes every task: 4 jobs per model
+    assert len(jobs) == 2 * 4 + 2 * 4  # (general, random) + the exports of 2 rounds
+    assert sorted((job.task.name, job.mode) for job in jobs if job.model_name == "general-model") == [
+        ("bc5cdr", "probe"), ("medical_abstracts", "probe"), ("ncbi_disease", "finetune"), ("ncbi_disease", "probe")]
     random = [job for job in jobs if job.model == "none"]
     assert random and all("--tokenizer" in job.extra for job in random)
     names = {job.model_name for job in jobs}

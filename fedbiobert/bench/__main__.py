@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from fedbiobert.bench.matrix import (FEDBERT_SCHEDULES, BenchError, RunSpec, alg
 from fedbiobert.bench.presets import PRESETS, PUBLIC_PRESETS, Preset
 from fedbiobert.bench.report import write_outputs
 from fedbiobert.bench.results import add_speedups, machine_info, merge_repeats, result_row
-from fedbiobert.bench.runner import REPO, RunnerSettings, run_spec
+from fedbiobert.bench.runner import REPO, RunnerSettings, interrupt_on_sigterm, run_spec
 
 DEFAULT_DATA_DIR = (REPO / ".." / "shared" / "data" / "pretrain").resolve()
 
@@ -154,10 +153,6 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _terminated(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -173,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             say("    run.py " + shlex.join(spec.flags()))
         return 0
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: the running run is stopped, not orphaned
+    interrupt_on_sigterm()
     say(f"preset {preset.name}: {len(specs)} run(s){f' x {args.repeat} passes' if args.repeat > 1 else ''}, "
         f"outputs in {settings.out_dir}")
     started = time.time()

@@ -47,6 +47,13 @@ class RunOutcome:
     error: str | None = None
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`) acts like Ctrl-C: the running subprocess is stopped, not orphaned."""
+    def terminated(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

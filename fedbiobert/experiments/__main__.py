@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from fedbiobert.bench.matrix import BenchError
+from fedbiobert.bench.runner import interrupt_on_sigterm
 from fedbiobert.experiments import parity
 
 EXPERIMENTS = {"parity": parity}
@@ -22,15 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminated(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: the running subprocess is stopped, not orphaned
+    interrupt_on_sigterm()
     try:
         return EXPERIMENTS[args.experiment].run(args, argv)
     except BenchError as error:

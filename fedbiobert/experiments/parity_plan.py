@@ -32,6 +32,7 @@ class Task:
     max_test: int | None             # first N dev and test sentences/rows (None: all)
     epochs: int
     max_len: int = 128
+    finetune: bool = True            # full fine-tuning as well as the probe (the probe always runs)
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,15 @@ PRESETS = {
                     epochs=1, max_len=64)),
         finetune_lr=1e-3, probe_lr=3e-3, probe_epochs=1, run_timeout=300),
     "small": ParityPreset(
-        name="small", description="2-core CPU, about 75 minutes: 2 silos x 2 rounds x 20 batches of 16 x 128 "
-        "tokens per run; 1,000 training sentences per task, dev/test capped at 1,000",
+        name="small", description="2-core CPU, about 85 minutes: 2 silos x 2 rounds x 20 batches of 16 x 128 "
+        "tokens per run; full fine-tuning on NCBI-disease (1,000 training sentences, whole dev and test), "
+        "probes on NCBI-disease, BC5CDR (first 1,000 sentences of each split) and medical abstracts",
         n_clients=2, n_comm_rounds=2, num_batch=20, batch_size=16, max_len=128, lr=1e-4, val_blocks=256,
         head_warmup_fraction=0.25,
-        tasks=(Task("ncbi_disease", "ner/ncbi_disease", "conlleval_f1", **_NER_SMALL),
-               Task("bc5cdr", "ner/bc5cdr", "conlleval_f1", **_NER_SMALL),
+        tasks=(Task("ncbi_disease", "ner/ncbi_disease", "conlleval_f1", max_train=1000, max_test=None, epochs=3),
+               Task("bc5cdr", "ner/bc5cdr", "conlleval_f1", **_NER_SMALL, finetune=False),
                Task("medical_abstracts", "classification/medical_abstracts", "accuracy", max_train=1000,
-                    max_test=None, epochs=2, max_len=256)),
+                    max_test=None, epochs=2, finetune=False)),
         finetune_lr=1e-4, probe_lr=3e-3, probe_epochs=5),
     "full": ParityPreset(
         name="full", description="GPU (--on_cuda True): 4 silos x 10 rounds x 500 batches of 32 x 128 tokens, "
@@ -170,7 +172,7 @@ def control_jobs(preset: ParityPreset, init_from: Path, tasks: tuple[Task, ...])
                     "--intermediate_size", str(shape["intermediate_size"]))
     jobs = []
     for task in tasks:
-        for probe in (False, True):
+        for probe in _modes(task):
             jobs.append(DownstreamJob(GENERAL, str(init_from), task, probe))
             jobs.append(DownstreamJob(RANDOM, "none", task, probe, extra=random_flags))
     return jobs
@@ -184,10 +186,15 @@ def export_jobs(name: str, run_dir: Path, rounds: list[int], tasks: tuple[Task, 
     for round_number in sorted(rounds):
         label = name if round_number == last else f"{name}@round{round_number}"
         for task in tasks:
-            for probe in (False, True):
+            for probe in _modes(task):
                 jobs.append(DownstreamJob(label, str(run_dir / f"round{round_number}"), task, probe,
                                           round=round_number))
     return jobs
+
+
+def _modes(task: Task) -> tuple[bool, ...]:
+    """probe False (full fine-tuning) where the task asks for it, then probe True."""
+    return (False, True) if task.finetune else (True,)
 
 
 def choose_tasks(preset: ParityPreset, names: str | None) -> tuple[Task, ...]:

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from fedbiobert.config.options import parse_bool  # True/False (1/0, yes/no), as the engine's options
 from fedbiobert.finetune.errors import InputError
 from fedbiobert.finetune.federated import ProcessContext
 from fedbiobert.finetune.modeling import TASKS
@@ -25,16 +26,6 @@ from fedbiobert.finetune.silos import MAX_SILOS, SPLITS
 
 logger = logging.getLogger(__name__)
 PROG = "fedbiobert-finetune"
-
-
-def parse_bool(text: str) -> bool:
-    """True/False (also 1/0, yes/no), as the engine's own boolean options are spelled."""
-    lowered = str(text).strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (accepted: True or False)")
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,8 +26,8 @@ from fedbiobert.bench.matrix import BenchError, RunSpec
 from fedbiobert.bench.results import add_speedups, machine_info, result_row
 from fedbiobert.bench.runner import REPO, RunnerSettings, run_spec
 from fedbiobert.experiments.downstream import finished_record, run_job
-from fedbiobert.experiments.parity_plan import (PRESETS, PUBLIC_PRESETS, choose_tasks, control_jobs, export_jobs,
-                                                pretraining_specs, read_model_shape, with_overrides)
+from fedbiobert.experiments.parity_plan import (GENERAL, PRESETS, PUBLIC_PRESETS, RANDOM, choose_tasks, control_jobs,
+                                                export_jobs, pretraining_specs, read_model_shape, with_overrides)
 from fedbiobert.experiments.parity_report import downstream_entry, write_results
 from fedbiobert.experiments.progress import say
 
@@ -153,7 +153,7 @@ def downstream_all(plan: Plan, rows: list[dict], args, write) -> list[dict]:
         if row["status"] == "ok":
             rounds = exported_rounds(plan.preset.n_comm_rounds, args.every)
             jobs += export_jobs(row["name"], Path(row["output_dir"]), rounds, plan.tasks)
-    jobs = [job for job in jobs if job.mode in plan.modes]
+    jobs = sorted((job for job in jobs if job.mode in plan.modes), key=lambda job: _priority(job, rows))
     entries = []
     for index, job in enumerate(jobs, 1):
         record = finished_record(job, plan.out) if args.resume else None
@@ -170,6 +170,18 @@ def downstream_all(plan: Plan, rows: list[dict], args, write) -> list[dict]:
         entries.append(downstream_entry(record, job.model_name, job.task, job.mode, job.round))
         write(entries, plot=False)
     return entries
+
+
+def _priority(job, rows: list[dict]) -> tuple:
+    """The comparisons the experiment exists for first, so an interrupted one (or one cut short) holds them:
+    the general model, FedBERT as published, FedBioBERT's runs, the other pre-training runs, then the
+    random initialisation; within a model, its rounds in order and full fine-tuning before the probes."""
+    baseline = next((row["name"] for row in rows if row.get("baseline")), None)
+    method = job.model_name.split("@")[0]
+    rank = (0 if method == GENERAL else 1 if method == baseline else 2 if method.startswith("fedbiobert")
+            else 4 if method == RANDOM else 3)
+    order = [row["name"] for row in rows]
+    return rank, order.index(method) if method in order else 0, job.round or 0, job.probe
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:

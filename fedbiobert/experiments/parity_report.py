@@ -179,10 +179,11 @@ def plot_scores(results: dict, path) -> None:
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4 * rows), squeeze=False)
     for axis, (task, mode) in zip(axes.flat, panels):
-        _panel(axis, [e for e in entries if e["task"] == task and e["mode"] == mode], seconds)
+        chosen = [e for e in entries if e["task"] == task and e["mode"] == mode]
+        _panel(axis, chosen, seconds)
         axis.set_title(f"{task} ({mode})")
         axis.set_xlabel("pre-training time (s, sum of round times)")
-        axis.set_ylabel(entries[0]["metric"] if mode else "")
+        axis.set_ylabel(chosen[0]["metric"])
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()

@@ -22,8 +22,9 @@ def _run_two_rounds(tmp_path, corpus, *options) -> dict:
 
 def test_turns_longer_than_comm_timeout_do_not_time_out(tmp_path, small_corpus):
     summary = _run_two_rounds(tmp_path, small_corpus, "--algorithm", "fedbert", "--server_schedule", "sequential",
-                              "--num_batch", "250")
+                              "--num_batch", "500")
     # the second process waited for the whole first turn: longer than --comm_timeout, or the test shows nothing
+    # (500 batches: about 11 s a turn on an idle 2-core machine, where 250 took 5.4 s, under the 6 s it needs)
     first_turn = [r["time_breakdown"]["client"]["max_elapsed"] for r in summary["rounds"]]
     assert all(seconds > 2 * COMM_TIMEOUT for seconds in first_turn), first_turn
 
@@ -32,7 +33,7 @@ def test_a_process_without_a_silo_waits_for_the_round_longer_than_comm_timeout(t
     """2 silos on 2 client processes, one drawn per round: the other process has nothing to train and
     waits for the whole round at the round end (before the FedAvg all-reduce, which alone would time
     out after --comm_timeout)."""
-    summary = _run_two_rounds(tmp_path, small_corpus, "--participation_ratio", "0.5", "--num_batch", "600")
+    summary = _run_two_rounds(tmp_path, small_corpus, "--participation_ratio", "0.5", "--num_batch", "1200")
     assert all(r["clients_sampled"] == 1 for r in summary["rounds"])
     seconds = [r["round_seconds"] for r in summary["rounds"]]
     assert all(value > 2 * COMM_TIMEOUT for value in seconds), seconds

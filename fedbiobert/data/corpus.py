@@ -8,6 +8,7 @@ line of the text file (e.g. the medical specialty of each clinical note).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -206,8 +207,16 @@ def _read_sidecar_labels(path: Path, label_suffix: str | None, num_lines: int) -
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's content."""
-    with open(path, "rb") as handle:
+    """Hex sha256 of a file's content. A process hashes each corpus file for the token cache's key and
+    again for a checkpoint's fingerprints (and for a resume's check): remembered per (path, size, mtime),
+    so a corpus of gigabytes is read once per process, and an edited file is hashed afresh."""
+    stat = os.stat(path)
+    return _sha256_of(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_of(real_path: str, size: int, mtime_ns: int) -> str:
+    with open(real_path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 

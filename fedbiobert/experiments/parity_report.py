@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from fedbiobert.bench.report import write_json
+from fedbiobert.finetune.output import write_text
 from fedbiobert.experiments.parity_plan import CONTROLS, GENERAL, RANDOM
 
 BASELINE_PREFIX = "fedbert-0-"
@@ -78,7 +79,7 @@ def write_results(out_dir, header: dict, rows: list[dict], entries: list[dict], 
     add_comparisons(entries, baseline_name)
     results = {**header, "fedbert": baseline_name, "pretraining": pretraining, "downstream": entries}
     write_json(out_dir / "results.json", results)
-    (out_dir / "results.md").write_text(markdown(results), encoding="utf-8")
+    write_text(out_dir / "results.md", markdown(results))
     if plot and entries:
         plot_scores(results, out_dir / "parity.png")
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from fedbiobert.config import Config, ConfigError, build_parser, parse_config, validate_static
 
 PROG = "fedbiobert-run"
-RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+RUN_MODULE = "fedbiobert.run"  # started as a module: an installed package needs no source folder
 NPROC_FLAGS = ("--nproc_per_node", "--nproc-per-node")
 
 
@@ -67,7 +66,7 @@ def _positive_int(flag: str, value: str) -> int:
 
 def check(argv: list[str]) -> tuple[int, list[str]]:
     """Every check run.py makes on each rank, made once here: (world size, run.py's options)."""
-    from fedbiobert.preflight import check_run
+    from fedbiobert.config.preflight import check_run
     nproc, run_argv = split_argv(argv)
     config = parse_config(run_argv)
     validate_static(config)
@@ -77,14 +76,14 @@ def check(argv: list[str]) -> tuple[int, list[str]]:
 
 
 def start(world_size: int, run_argv: list[str]) -> int:
-    """torchrun --standalone --nproc_per_node WORLD run.py RUN_ARGV, in this process; its exit status."""
+    """torchrun --standalone --nproc_per_node WORLD -m fedbiobert.run RUN_ARGV, in this process; its exit status."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
     # run.py sets torch's threads itself (cores / local processes); saying so here keeps torchrun from
     # setting OMP_NUM_THREADS=1 with a four-line warning
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
-    args = parse_args(["--standalone", "--nproc_per_node", str(world_size), str(RUN_PY), *run_argv])
+    args = parse_args(["--standalone", "--nproc_per_node", str(world_size), "--module", RUN_MODULE, *run_argv])
     try:
         run(args)
     except ChildFailedError as error:
@@ -114,10 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         print_help()
         return 0
     logging.getLogger("fedbiobert").setLevel(logging.ERROR)  # rank 0 of the run says the warnings once
-    if not RUN_PY.is_file():
-        print(f"{PROG}: error: '{RUN_PY}' is missing (install FedBioBERT from its source folder: "
-              "pip install -e .)", file=sys.stderr)
-        return 2
     try:
         world_size, run_argv = check(argv)
     except ConfigError as error:

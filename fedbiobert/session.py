@@ -17,7 +17,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from fedbiobert.comm import Collectives, LaunchInfo, ProcessGroups
+from fedbiobert.comm.channel import Channel, server_channel
+from fedbiobert.comm.collectives import Collectives
+from fedbiobert.comm.groups import ProcessGroups
+from fedbiobert.comm.launch_env import LaunchInfo
+from fedbiobert.comm.wan import WanModel
 from fedbiobert.config import Config, corpus_files_for
 from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, load_or_build_token_cache, partition,
                              split_validation, validation_sample)
@@ -66,6 +70,13 @@ class Session:
         if self.config.aggregate_weighting == "uniform":
             return 1.0
         return float(len(self.client_indices[client_id]))
+
+    def server_channel(self, server_rank: int) -> Channel:
+        """This process's channel in `server_rank`'s group, over the emulated WAN when one is set."""
+        config = self.config
+        wan = WanModel(config.wan_bandwidth_mbps, config.wan_latency_ms) if config.wan else None
+        return server_channel(self.groups, self.rank, server_rank, self.topology.client_ranks_of(server_rank),
+                              self.device, config.comm_timeout, self.topology.describe, wan)
 
     def build_full_model(self):
         """Identical initial weights on every process (same seed), or the --init_from checkpoint."""

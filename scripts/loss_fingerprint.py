@@ -5,8 +5,8 @@
     diff before.json after.json                                   # empty: same losses bit for bit
 
 Each run is deterministic: one server and one client process (silos trained in turn, so arrival order
-is fixed), the tiny model of the tests, the shared SciVocab vocabulary, a slice of ../shared/data/pretrain. Losses are printed with
-`float.hex` (every bit), beside the sha256 of the last round's exported weights.
+is fixed), the tiny model of the tests, the shared SciVocab vocabulary, a slice of ../shared/data/pretrain.
+Losses are printed with `float.hex` (every bit), beside the sha256 of the last round's exported weights.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import SCIVOCAB, SMALL_CORPUS, slice_corpus  # noqa: E402
-from tests.launch import TINY_MODEL, torchrun  # noqa: E402
+from tests.support.launch import TINY_MODEL, torchrun  # noqa: E402
 
 # A fixed vocabulary: a tokenizer trained on the corpus is not bit-reproducible (parallel merges tie).
 COMMON = [*TINY_MODEL, "--n_comm_rounds", "2", "--num_batch", "4", "--lr", "2e-3", "--manual_seed", "7",

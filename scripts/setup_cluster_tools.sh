@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the cluster launchers the tests run for real (tests/test_cluster_mpi.py, tests/test_cluster_slurm.py):
+# Install the cluster launchers the tests run for real (tests/processes/test_cluster_mpi.py, tests/processes/test_cluster_slurm.py):
 # Open MPI (mpirun), SLURM (slurmctld, slurmd, sbatch) and munge from the distribution's packages, and
 # mpi4py (the optional `mpi` extra) into .venv. Idempotent: a second run checks and exits in well under a
 # second. Without root or apt-get it says what is missing and leaves it to the tests to skip (with that reason).

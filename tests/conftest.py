@@ -1,8 +1,13 @@
 """Shared fixtures: paths to the real shared data, and small corpora sliced from it.
 
+Layout: tests/unit (one process, no data: runs without ../shared), tests/integration (one process,
+real shared data), tests/processes (several real processes: torch.distributed, torchrun, launchers),
+tests/support (helpers shared by tests; no tests).
+
 Every test reaches the shared data through `shared_data()` (PRETRAIN and SCIVOCAB are made with it).
 The data lives outside the repository, at ../shared/data from its root, or where
-FEDBIOBERT_SHARED_DATA points; without it the session stops at once with one message saying so.
+FEDBIOBERT_SHARED_DATA points; without it a session that selects tests outside tests/unit stops at
+once with one message saying so.
 """
 from __future__ import annotations
 
@@ -37,9 +42,15 @@ def missing_shared_data_message() -> str | None:
             "(README.md, 'Data sources', says what it holds)")
 
 
-def pytest_configure(config):
-    message = missing_shared_data_message()
-    if message:  # once, before collection: not one FileNotFoundError per test
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/unit needs no data; any other selected test stops the session at once, with one message,
+    when the shared data is missing (not one FileNotFoundError per test)."""
+    needs_data = any(UNIT_TESTS not in Path(str(item.fspath)).parents for item in items)
+    message = missing_shared_data_message() if needs_data else None
+    if message:
         raise pytest.UsageError(message)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.model import gather_masked
 from fedbiobert.optim import build_optimizer, set_learning_rate
 from fedbiobert.precision import grad_scaler

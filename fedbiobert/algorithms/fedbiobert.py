@@ -34,7 +34,7 @@ import torch
 
 from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
                                         abandon_message, expect, loss_value, rows_at_masked, server_output)
-from fedbiobert.messages import Kind, Message
+from fedbiobert.comm.messages import Kind, Message
 from fedbiobert.model import client_state_keys, gather_masked, keep_forward, masked_positions, mlm_loss, split_model
 from fedbiobert.precision import autocast
 

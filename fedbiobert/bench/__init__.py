@@ -9,4 +9,8 @@ Modules, one concern each:
     results  outcome -> one results.json row; speedups; machine description
     report   results.json, results.md, loss_vs_time.png
     __main__ the command line, progress output and exit codes
+    memory   host memory per step (`python -m fedbiobert.bench.memory`)
+    predict  transfer-bound speed-ups at a given size and network (`python -m fedbiobert.bench.predict`)
+    head     the MLM head's cost on masked positions only (`python -m fedbiobert.bench.head`)
+    finetune fine-tuning throughput against a plain HF loop (`python -m fedbiobert.bench.finetune`)
 """

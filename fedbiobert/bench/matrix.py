@@ -18,8 +18,8 @@ than the paper's, for reference. `fedbert-0-L-serverhead` is FedBERT with the ML
 (labels sent along, the server returns only the gradient at the cut): the like-for-like baseline of
 `fedbiobert-k-(L-k)-serverhead`. fedavg runs N client processes; centralized 1.
 
-Links: a link emulates the WAN between each client process and its server (--link_bandwidth_mbps,
---link_latency_ms): split traffic and the per-round model exchange. FedAvg runs with every link
+Links: a link emulates the WAN between each client process and its server (--wan_bandwidth_mbps,
+--wan_latency_ms): split traffic and the per-round model exchange. FedAvg runs with every link
 setting too (its per-round model exchange crosses the link); centralized training runs once, link None.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Link:
         return {"bandwidth_mbps": self.bandwidth_mbps, "latency_ms": self.latency_ms}
 
     def flags(self) -> list[str]:
-        return ["--link_bandwidth_mbps", f"{self.bandwidth_mbps:g}", "--link_latency_ms", f"{self.latency_ms:g}"]
+        return ["--wan_bandwidth_mbps", f"{self.bandwidth_mbps:g}", "--wan_latency_ms", f"{self.latency_ms:g}"]
 
 
 def link_label(link: Link | None) -> str:

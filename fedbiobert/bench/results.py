@@ -23,7 +23,7 @@ Timing conventions (repeated in results.md):
   or below the target, the final validation loss of the published FedBERT (fedbert-0-L, no link); None
   when the run never reaches it (reached_target False).
 - val_loss_vs_baseline: validation loss minus the like-for-like baseline's, and val_loss_differs: whether
-  that exceeds 1.96 standard errors of the difference (evaluation.differs).
+  that exceeds 1.96 standard errors of the difference (validation.differs).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from fedbiobert.bench.matrix import Link, RunSpec, link_label
 from fedbiobert.bench.runner import REPO, RunOutcome
-from fedbiobert.evaluation import differs
+from fedbiobert.validation import differs
 
 OPTIONAL_SUMMARY_KEYS = ("time_breakdown", "pipeline_efficiency")
 

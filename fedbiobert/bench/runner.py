@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from fedbiobert.bench.matrix import RunSpec
+from fedbiobert.comm.launch_env import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 0.5
@@ -54,15 +54,9 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, terminated)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun_command(spec: RunSpec, port: int, settings: RunnerSettings, run_dir: Path) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(spec.nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(port), str(REPO / "run.py"),
+               "--master_addr", "127.0.0.1", "--master_port", str(port), "--module", "fedbiobert.run",
                *spec.flags(), "--data_dir", str(settings.data_dir), "--output_dir", str(run_dir)]
     if settings.cache_dir is not None:
         command += ["--cache_dir", str(settings.cache_dir)]

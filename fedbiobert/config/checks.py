@@ -82,9 +82,9 @@ def _validate_counts(config: Config) -> None:
     _require(config.min_clients <= config.clients_per_round,
              f"--min_clients {config.min_clients} exceeds the {config.clients_per_round} clients sampled per round "
              f"(--n_clients {config.n_clients} x --participation_ratio {config.participation_ratio})")
-    if config.link_bandwidth_mbps is not None:
-        _require(config.link_bandwidth_mbps > 0, f"--link_bandwidth_mbps {config.link_bandwidth_mbps} must be positive")
-    _require(config.link_latency_ms >= 0, f"--link_latency_ms {config.link_latency_ms} must be 0 or more")
+    if config.wan_bandwidth_mbps is not None:
+        _require(config.wan_bandwidth_mbps > 0, f"--wan_bandwidth_mbps {config.wan_bandwidth_mbps} must be positive")
+    _require(config.wan_latency_ms >= 0, f"--wan_latency_ms {config.wan_latency_ms} must be 0 or more")
     _require(0 < config.participation_ratio <= 1,
              f"--participation_ratio {config.participation_ratio} is outside (0, 1]")
     if round(config.n_clients * config.participation_ratio) == 0:

@@ -172,9 +172,11 @@ class Config:
                                group="device")
     backend: str = _opt("auto", "backend of payloads and collectives: auto (nccl with --on_cuda True, else gloo); "
                         "headers always travel over gloo", choices=BACKENDS, group="device")
-    link_bandwidth_mbps: float | None = _opt(None, "emulate a WAN link of this many Mbit/s between each client "
-                                             "and its server (off by default)", group="device")
-    link_latency_ms: float = _opt(0.0, "one-way latency of the emulated link, in ms", group="device")
+    wan_bandwidth_mbps: float | None = _opt(None, "emulate a wide-area network of this many Mbit/s between each "
+                                            "silo and its server (off by default)", aliases=("link_bandwidth_mbps",),
+                                            group="device")
+    wan_latency_ms: float = _opt(0.0, "one-way latency of the emulated wide-area network, in ms",
+                                 aliases=("link_latency_ms",), group="device")
     comm_timeout: float = _opt(600.0, "seconds any wait for a peer may take", group="device")
     round_timeout: float = _opt(86400.0, "seconds a process that finished its part of a round may wait for the "
                                 "others at the round end (a round-sized bound: one process may have drawn no silo, "
@@ -201,10 +203,11 @@ class Config:
         return 1 if self.is_split else 0
 
     @property
-    def link(self) -> dict | None:
-        if self.link_bandwidth_mbps is None and not self.link_latency_ms:
+    def wan(self) -> dict | None:
+        """The emulated wide-area network, or None when there is none."""
+        if self.wan_bandwidth_mbps is None and not self.wan_latency_ms:
             return None
-        return {"bandwidth_mbps": self.link_bandwidth_mbps, "latency_ms": self.link_latency_ms}
+        return {"bandwidth_mbps": self.wan_bandwidth_mbps, "latency_ms": self.wan_latency_ms}
 
     @property
     def num_layers(self) -> int:

@@ -14,5 +14,5 @@ Layout (one concern per module, data flows downward):
     silos.py                splitting the training examples into silos (random, dirichlet)
     run.py                  one fine-tuning run: data -> model (or its head alone: --probe) -> train -> test scores
     cli.py                  `python -m fedbiobert.finetune`: options, seeds, JSON and table output
-    bench.py                `python -m fedbiobert.finetune.bench`: throughput vs a plain HF loop
+    exports.py              `python -m fedbiobert.finetune.exports RUN`: fine-tunes every export of a pre-training run
 """

@@ -29,7 +29,7 @@ PROG = "fedbiobert-finetune"
 
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every option of a fine-tuning run except --model (shared with fedbiobert.evaluate)."""
+    """Every option of a fine-tuning run except --model (shared with fedbiobert.finetune.exports)."""
     data = parser.add_argument_group("task and data")
     data.add_argument("--data", required=True, help="NER folder (train.tsv, devel.tsv, test.tsv) or "
                       "classification folder (train.csv, test.csv with label,text)")
@@ -109,7 +109,9 @@ def check_options(options) -> list[int]:
 
 def process_context(options) -> ProcessContext:
     """One process, or (under torchrun with --mode federated) the engine's collectives over gloo."""
-    from fedbiobert.comm import Collectives, init_distributed, launch_info_from_env
+    from fedbiobert.comm.collectives import Collectives
+    from fedbiobert.comm.groups import init_distributed
+    from fedbiobert.comm.launch_env import launch_info_from_env
     from fedbiobert.finetune.federated import build_topology
     launch = launch_info_from_env()
     if launch.world_size == 1:

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from fedbiobert.comm import ByteCounter
+from fedbiobert.comm.accounting import ByteCounter
 
 from fedbiobert.roles.round_end import ByteDelta, RoundPiece, RoundWriter
 

@@ -14,9 +14,10 @@ import time
 import torch
 
 from fedbiobert.aggregate import WeightedSum
-from fedbiobert.comm import LinkModel, PeerError, link_channel
+from fedbiobert.comm.errors import PeerError
+from fedbiobert.comm.wan import WanModel
 from fedbiobert.data import BatchLoader
-from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
 from fedbiobert.model import load_unique_state, unique_state
 from fedbiobert.roles.base import NonFiniteError, RoleProcess
@@ -54,9 +55,9 @@ class ClientProcess(RoleProcess):
         self.private_states: dict[int, dict] = {}
         self.server_rank = self.topology.server_of(self.rank)  # None: no server (fedavg, centralized)
         if self.server_rank is not None:
-            self.channel = link_channel(session, self.server_rank)
+            self.channel = session.server_channel(self.server_rank)
         config = self.config
-        self.link = LinkModel(config.link_bandwidth_mbps, config.link_latency_ms) if config.link else None
+        self.wan = WanModel(config.wan_bandwidth_mbps, config.wan_latency_ms) if config.wan else None
         self.events = EventLog(self.rank, "client", session.start_time)
         # One loader for every silo, round and local round of this process: its workers (with
         # --num_workers) are forked once, not once per (silo, round, local round).
@@ -114,15 +115,15 @@ class ClientProcess(RoleProcess):
                                    f"{self.server_rank}, got {message.kind.name} {message.control.name}")
 
     def _upload_client_parts(self, num_silos: int, state_bytes: int) -> None:
-        """Count each trained silo's upload of the federated client part and, on an emulated link,
-        spend the time it would take. Each silo (hospital) has its own link, so the silos of this
+        """Count each trained silo's upload of the federated client part and, over an emulated WAN,
+        spend the time it would take. Each silo (hospital) has its own connection, so the silos of this
         process upload in parallel: one upload, queued behind the activations still on this
-        process's link (the server drains those meanwhile)."""
+        process's connection (the server drains those meanwhile)."""
         if self.config.algorithm == "centralized" or not num_silos:
             return  # one process, no aggregator (or nothing trained here): nothing is exchanged
         for _ in range(num_silos):
             self.byte_counter.add_model_exchange("sent", state_bytes)
-        if self.link is not None:
+        if self.wan is not None:
             self._spend(max(0.0, self._upload_arrival(state_bytes) - time.time()))
 
     def _download_average(self, num_silos: int, state_bytes: int) -> None:
@@ -131,8 +132,8 @@ class ClientProcess(RoleProcess):
             return
         for _ in range(num_silos):
             self.byte_counter.add_model_exchange("received", state_bytes)
-        if self.link is not None:
-            self._spend(self.link.transfer_seconds(state_bytes))
+        if self.wan is not None:
+            self._spend(self.wan.transfer_seconds(state_bytes))
 
     def _spend(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -140,9 +141,9 @@ class ClientProcess(RoleProcess):
 
     def _upload_arrival(self, state_bytes: int) -> float:
         """When an upload of the client part posted now would reach the aggregator."""
-        if self.channel is not None and self.channel.link is not None:
-            return self.channel.link.delivery_time(self.server_rank, state_bytes, time.time())
-        return time.time() + self.link.transfer_seconds(state_bytes)
+        if self.channel is not None and self.channel.wan is not None:
+            return self.channel.wan.delivery_time(self.server_rank, state_bytes, time.time())
+        return time.time() + self.wan.transfer_seconds(state_bytes)
 
     def _train_client(self, client_id: int, round_idx: int) -> str | None:
         """Train one silo for this round; returns why its update is left out of the round, or None.

@@ -17,7 +17,7 @@ import torch
 from fedbiobert.aggregate import weighted_average
 from fedbiobert.checkpoint import (config_record, data_fingerprints, export_round, prune_rounds,
                                    save_resume_state)
-from fedbiobert.evaluation import ValidationSet
+from fedbiobert.validation import ValidationSet
 from fedbiobert.metrics import Progress, RunReporter, mean
 from fedbiobert.model import build_joined_model, load_joined_state
 
@@ -200,7 +200,7 @@ class RoundWriter:
             "val_blocks": len(self.validation),
             "bytes_up": sum(entry["bytes_sent"] or 0 for entry in rounds),
             "bytes_down": sum(entry["bytes_received"] or 0 for entry in rounds),
-            "link": self.config.link, "comm_dtype": self.config.comm_dtype,
+            "wan": self.config.wan, "comm_dtype": self.config.comm_dtype,
             "time_breakdown": _sum_breakdowns(rounds),
             "memory": _max_by_role(entry.get("memory") or {} for entry in rounds),
             "pipeline_efficiency": _pipeline_efficiency(rounds),

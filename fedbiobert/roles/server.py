@@ -23,9 +23,8 @@ import logging
 import time
 
 from fedbiobert.aggregate import WeightedSum
-from fedbiobert.messages import Control, Kind, Message
+from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
-from fedbiobert.comm import link_channel
 from fedbiobert.roles.base import RoleProcess
 from fedbiobert.roles.round_end import RoundPiece, cpu_state
 from fedbiobert.seeding import seed_torch
@@ -42,7 +41,7 @@ class ServerProcess(RoleProcess):
         _, self.model = algorithm.split(session.build_full_model())
         self.model.to(session.device)
         self.client_ranks = session.topology.client_ranks_of(self.rank)
-        self.channel = link_channel(session, self.rank)
+        self.channel = session.server_channel(self.rank)
         self.events = EventLog(self.rank, "server", session.start_time)
         self.keepalive_every = self.config.comm_timeout / 4
         self.tokens_seen = 0

@@ -1,0 +1,158 @@
+"""Who this process is: rank, world and rendezvous address from the launcher's environment.
+
+torchrun and the DeepSpeed launcher, Open MPI, MPICH / Intel MPI, or SLURM srun (one task per rank);
+a lone process otherwise. Reads only the environment: nothing here touches torch.distributed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import zlib
+from dataclasses import dataclass
+
+# Launchers, in the order their variables are read. torchrun and the DeepSpeed launcher set RANK and
+# WORLD_SIZE (and MASTER_ADDR/PORT) themselves; an MPI launcher started inside a SLURM allocation
+# also leaves SLURM_PROCID in the environment (that of the batch step), so MPI variables come before
+# SLURM's. Each: (name, rank, world size, local rank, local world size).
+LAUNCHER_VARIABLES = (
+    ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+    ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+     "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ("mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),  # MPICH's and Intel MPI's Hydra
+    ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", None),
+)
+# Variables that name one job, whatever the launcher: a port derived from them is the same on every
+# rank of the job and differs between jobs sharing a node.
+JOB_ID_VARIABLES = ("SLURM_JOB_ID", "PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "PMI_KVSNAME")
+PORT_RANGE = (20000, 60000)
+DEFAULT_PORT = 29500
+
+
+class LaunchError(ValueError):
+    """The launch environment is inconsistent or incomplete; the message is one line."""
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    launcher: str = "single process"
+    # where rank 0 listens (torch's MASTER_ADDR/MASTER_PORT); None when only the ranks themselves can
+    # agree on it (MPI across nodes: see `agree_master_addr`)
+    master_addr: str | None = "127.0.0.1"
+    master_port: int = DEFAULT_PORT
+
+    @property
+    def single_node(self) -> bool:
+        return self.local_world_size == self.world_size
+
+
+def launch_info_from_env(env: dict[str, str] | None = None) -> LaunchInfo:
+    """Rank, world and rendezvous address from torchrun or the DeepSpeed launcher, Open MPI, MPICH /
+    Intel MPI, or SLURM srun (one task per rank); a lone process otherwise. Reads only `env`."""
+    env = os.environ if env is None else env
+    for name, rank_key, world_key, local_key, local_world_key in LAUNCHER_VARIABLES:
+        if rank_key in env and world_key in env:
+            if name == "slurm":
+                return _slurm_launch(env)
+            rank, world_size = _int_variable(env, rank_key), _int_variable(env, world_key)
+            local_world = _int_variable(env, local_world_key) if local_world_key in env else None
+            if name == "torchrun" and local_world is None and "LOCAL_SIZE" in env:
+                name, local_world = "deepspeed", _int_variable(env, "LOCAL_SIZE")  # DeepSpeed's launcher
+            info = LaunchInfo(rank, world_size, _int_variable(env, local_key) if local_key in env else 0,
+                              local_world if local_world is not None else world_size, name)
+            return _with_master(info, env)
+    return LaunchInfo(0, 1, 0, 1, master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)))
+
+
+def _slurm_launch(env) -> LaunchInfo:
+    """srun with one task per rank. In a step SLURM_STEP_NUM_TASKS is the step's size (SLURM_NTASKS
+    the job's); the local world is this node's entry of SLURM_STEP_TASKS_PER_NODE, e.g. '4(x2),3'."""
+    world_key = "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS"
+    world_size = _int_variable(env, world_key)
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    node = _int_variable(env, "SLURM_NODEID") if "SLURM_NODEID" in env else 0
+    local_world = _tasks_on_node(per_node, node) if per_node else world_size
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+    info = LaunchInfo(_int_variable(env, "SLURM_PROCID"), world_size, int(env.get("SLURM_LOCALID", 0)),
+                      local_world, "slurm", expand_nodelist(nodes)[0] if nodes else "127.0.0.1")
+    return _with_master(info, env)
+
+
+def _with_master(info: LaunchInfo, env) -> LaunchInfo:
+    """MASTER_ADDR/MASTER_PORT when the launcher (or the user) set them; else the first node of a
+    SLURM job, localhost for a one-node MPI job, or None (MPI across nodes); a port from the job id."""
+    addr = env.get("MASTER_ADDR") or (info.master_addr if info.launcher == "slurm" else None)
+    if addr is None and info.single_node:
+        addr = "127.0.0.1"
+    port = _int_variable(env, "MASTER_PORT") if env.get("MASTER_PORT") else job_port(env)
+    return dataclasses.replace(info, master_addr=addr, master_port=port)
+
+
+def _int_variable(env, key: str) -> int:
+    value = env[key]
+    if not value.strip().isdigit():
+        raise LaunchError(f"launch environment: {key}='{value}' is not a non-negative integer")
+    return int(value)
+
+
+def _tasks_on_node(per_node: str, node: int) -> int:
+    """SLURM's compressed count list ('4(x2),3': 4 tasks on nodes 0 and 1, 3 on node 2) at `node`."""
+    counts = []
+    for item in per_node.split(","):
+        count, _, repeat = item.partition("(x")
+        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    if node >= len(counts):
+        raise LaunchError(f"launch environment: SLURM_NODEID={node} but the tasks per node '{per_node}' "
+                          f"cover {len(counts)} node(s)")
+    return counts[node]
+
+
+def job_port(env) -> int:
+    """A port in [20000, 60000) derived from the job's id (the same on every rank), or 29500."""
+    for key in JOB_ID_VARIABLES:
+        if env.get(key):
+            return PORT_RANGE[0] + zlib.crc32(env[key].encode()) % (PORT_RANGE[1] - PORT_RANGE[0])
+    return DEFAULT_PORT
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host list ('gpu[01-03,07],login1') -> host names in order, as
+    `scontrol show hostnames` prints them (zero padding kept)."""
+    hosts, depth, start = [], 0, 0
+    for index, char in enumerate(nodelist + ","):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            hosts += _expand_host(nodelist[start:index].strip(), nodelist)
+            start = index + 1
+    if depth != 0:
+        raise LaunchError(f"launch environment: SLURM node list '{nodelist}' has an unclosed '['")
+    return [host for host in hosts if host]
+
+
+def _expand_host(item: str, nodelist: str) -> list[str]:
+    """One entry: 'gpu[01-03,07]' or 'rack[1-2]-n[1-2]' (every bracket expanded, left to right)."""
+    if "[" not in item:
+        return [item]
+    prefix, _, rest = item.partition("[")
+    ranges, closed, suffix = rest.partition("]")
+    if not closed:
+        raise LaunchError(f"launch environment: SLURM node list '{nodelist}' has an unclosed '['")
+    names = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise LaunchError(f"launch environment: SLURM node list '{nodelist}' has a bad range '{part}'")
+        for number in range(int(first), int(last or first) + 1):
+            names += [f"{prefix}{number:0{len(first)}d}{tail}" for tail in _expand_host(suffix, nodelist)]
+    return names
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a local rendezvous: tests, the bench)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

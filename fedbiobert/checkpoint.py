@@ -8,11 +8,12 @@ Layout in `--output_dir`:
     round{k}/                    HF `save_pretrained` export of the joined model + tokenizer after
                                  round k: a plain model folder, no training state
 
-A resume state is a single file written as `*.tmp` then renamed over the old one (os.replace is
-atomic on POSIX), so a crash mid-write leaves the previous checkpoint intact. A round folder is
-written under a temporary name and swapped in when complete (the old folder is renamed aside first
-and deleted last, so there is always a complete round{k}/). `--keep_exports N` deletes the exports and
-round states of rounds before the last N. Every file gets the same permissions (0666 less the umask).
+Resume states and exports are written with fedbiobert/atomic.py, durably (fsynced): a resume state is
+a single file written under a temp name then renamed over the old one, so a crash mid-write leaves the
+previous checkpoint intact. A round folder is filled under a temp name and swapped in when complete (the old
+folder is renamed aside first and deleted last, so there is always a complete round{k}/).
+`--keep_exports N` deletes the exports and round states of rounds before the last N. Every file gets
+the same permissions (0666 less the umask).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import pickle
 import re
 import shutil
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedbiobert.atomic import atomic_directory, atomic_write, default_mode, link_atomically, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -74,38 +76,13 @@ def resume_state_path(output_dir: str | Path, round_number: int | None = None) -
     return Path(output_dir) / "checkpoint" / f"round{round_number}.pt"
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, temporary)
-    with open(temporary, "rb") as stream:
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable (POSIX: the directory entry lives in the directory's own data)."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def save_resume_state(output_dir: str | Path, state: dict[str, Any]) -> Path:
     """checkpoint/round{k}.pt, then checkpoint/state.pt as a hard link to it (a copy where links fail)."""
     round_path = resume_state_path(output_dir, state["round"])
-    atomic_torch_save({"format": STATE_FORMAT, **state}, round_path)
+    with atomic_write(round_path, "wb", durable=True, parents=True) as stream:
+        torch.save({"format": STATE_FORMAT, **state}, stream)
     path = resume_state_path(output_dir)
-    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(round_path, temporary)
-    except OSError:
-        shutil.copyfile(round_path, temporary)
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
+    link_atomically(round_path, path)
     logger.info("checkpoint of round %d written to %s", state["round"], path)
     return path
 
@@ -301,40 +278,22 @@ def export_round(output_dir: str | Path, round_number: int, model, tokenizer) ->
     """Write round{k}/: the joined HF model and its tokenizer (the round's resume state is
     checkpoint/round{k}.pt, written by save_resume_state)."""
     final = round_dir(output_dir, round_number)
-    temporary = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    tokenizer.save_pretrained(temporary)
-    _set_default_modes(temporary)
-    _swap_in(temporary, final)
+    # An old round{k}/ (a round re-run after a resume) is set aside and deleted only once the new one is
+    # in place (atomic_directory's replace): a crash leaves a complete round folder, never neither.
+    with atomic_directory(final, durable=True, parents=True) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        _set_default_modes(staging)
     return final
-
-
-def _swap_in(temporary: Path, final: Path) -> None:
-    """Put the complete folder `temporary` at `final`. An old `final` (a round re-run after a resume) is
-    renamed aside first and deleted only once the new one is in place: a crash at any point leaves a
-    complete round folder at `final`, or under its `.old` name, never neither."""
-    for path in temporary.iterdir():
-        if path.is_file():
-            with open(path, "rb") as stream:
-                os.fsync(stream.fileno())
-    fsync_dir(temporary)
-    aside = final.with_name(final.name + f".old{os.getpid()}")
-    if final.exists():
-        os.replace(final, aside)
-    os.replace(temporary, final)
-    fsync_dir(final.parent)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _set_default_modes(folder: Path) -> None:
     """Give every file of an export the mode a plain open() would (0666 less the umask): safetensors
     writes model.safetensors 0600 while the tokenizer files get 0644."""
-    umask = os.umask(0)
-    os.umask(umask)
+    mode = default_mode()
     for path in folder.iterdir():
         if path.is_file():
-            path.chmod(0o666 & ~umask)
+            path.chmod(mode)
 
 
 def prune_rounds(output_dir: str | Path, latest_round: int, keep: int | None) -> list[int]:
@@ -356,10 +315,7 @@ def prepare_output_dir(config) -> None:
     """Rank 0, before training: create the output dir and write the resolved config.json."""
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    path = output / "config.json"
-    temporary = path.with_name("config.json.tmp")
-    temporary.write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(temporary, path)
+    write_json_atomically(output / "config.json", dataclasses.asdict(config), sort_keys=True, end="")
 
 
 def has_checkpoint(output_dir: str | Path) -> bool:

@@ -13,7 +13,7 @@ Setting M_MMAP_THRESHOLD through mallopt fixes it (glibc then stops adjusting it
 their own mapping and go back to the system when freed. The cost is a page fault per new page of a
 large tensor (the kernel zeroes it). That is not small on CPU: measured on a quiet machine, a
 hidden-128 model trained 1.50x faster with the dynamic threshold (`--mmap_threshold_mb 0`), a
-hidden-512 one 1.16-1.30x (README, "At scale: memory, NCCL, mixed precision"). The default keeps
+hidden-512 one 1.16-1.30x (docs/at-scale.md). The default keeps
 long runs flat; short CPU runs may trade that for speed. GPU activations live in the CUDA caching
 allocator and do not care. Non-glibc systems (macOS, musl) are left as they are.
 """

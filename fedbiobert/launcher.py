@@ -75,14 +75,20 @@ def check(argv: list[str]) -> tuple[int, list[str]]:
     return world_size, run_argv
 
 
+def set_omp_threads(world_size: int) -> None:
+    """OMP_NUM_THREADS for the processes about to start, unless set: the CPUs this process may run on
+    (its affinity, which they inherit) split between them. run.py sets torch's threads itself; saying so
+    here keeps torchrun from setting OMP_NUM_THREADS=1 with a four-line warning."""
+    from fedbiobert.comm.launch_env import threads_per_process
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(world_size)))
+
+
 def start(world_size: int, run_argv: list[str]) -> int:
     """torchrun --standalone --nproc_per_node WORLD -m fedbiobert.run RUN_ARGV, in this process; its exit status."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
-    # run.py sets torch's threads itself (cores / local processes); saying so here keeps torchrun from
-    # setting OMP_NUM_THREADS=1 with a four-line warning
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
+    set_omp_threads(world_size)
     args = parse_args(["--standalone", "--nproc_per_node", str(world_size), "--module", RUN_MODULE, *run_argv])
     try:
         run(args)

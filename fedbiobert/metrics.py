@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedbiobert.atomic import write_json_atomically, write_text_atomically
+
 logger = logging.getLogger(__name__)
 
 EVENT_KEYS = ("event", "round", "step", "role", "rank", "client_id", "local_loss", "global_loss",
@@ -140,18 +142,13 @@ class RunReporter:
         events = read_events(self.output_dir)
         kept = [entry for entry in events if (entry.get("round") or 0) <= last_kept_round]
         if len(kept) < len(events):
-            temporary = self.metrics_path.with_suffix(".jsonl.tmp")
-            temporary.write_text("".join(json.dumps(entry) + "\n" for entry in kept), encoding="utf-8")
-            temporary.replace(self.metrics_path)
+            write_text_atomically(self.metrics_path, "".join(json.dumps(entry) + "\n" for entry in kept))
             logger.info("metrics.jsonl: dropped %d event(s) of rounds after %d, which this run trains again",
                         len(events) - len(kept), last_kept_round)
         return [entry for entry in kept if entry["event"] == "round"]
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        path = self.output_dir / "summary.json"
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        temporary.replace(path)
+        write_json_atomically(self.output_dir / "summary.json", summary, end="")
 
     def close(self) -> None:
         if self._tensorboard is not None:

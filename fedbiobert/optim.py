@@ -59,10 +59,16 @@ def is_head_parameter(name: str) -> bool:
     return name.startswith(HEAD_NAME_PREFIXES) or any(f".{prefix}" in name for prefix in HEAD_NAME_PREFIXES)
 
 
-def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe); each group is marked
-    `head` (MLM-head parameters) or not (the body), for `set_learning_rate`'s body factor. A tied weight is
-    listed once, under its first name: the auxiliary decoder IS the word embedding, a body parameter."""
+# AdamW of pre-training (the original FedBioBERT's, RoBERTa's recipe); fine-tuning uses AdamW's defaults
+PRETRAIN_BETAS, PRETRAIN_EPS = (0.9, 0.98), 1e-6
+
+
+def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float, lr: float = 0.0,
+                    betas: tuple[float, float] = PRETRAIN_BETAS, eps: float = PRETRAIN_EPS) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe), for pre-training and
+    fine-tuning alike; each group is marked `head` (MLM-head parameters) or not (the body), for
+    `set_learning_rate`'s body factor. A tied weight is listed once, under its first name: the auxiliary
+    decoder IS the word embedding, a body parameter. `lr` is the rate until `set_learning_rate` sets one."""
     groups = {(decay, head): [] for decay in (True, False) for head in (True, False)}
     seen = set()
     for name, param in named_params:
@@ -73,7 +79,7 @@ def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], weig
         groups[(not exempt, is_head_parameter(name))].append(param)
     param_groups = [{"params": params, "weight_decay": weight_decay if decay else 0.0, "head": head}
                     for (decay, head), params in groups.items() if params]
-    return torch.optim.AdamW(param_groups, lr=0.0, betas=(0.9, 0.98), eps=1e-6, foreach=True)  # fewer launches
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, foreach=True)  # foreach: fewer launches
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, body_factor: float = 1.0) -> None:

@@ -20,7 +20,7 @@ from transformers import AutoConfig
 from fedbiobert.comm.channel import Channel, server_channel
 from fedbiobert.comm.collectives import Collectives
 from fedbiobert.comm.groups import ProcessGroups
-from fedbiobert.comm.launch_env import LaunchInfo
+from fedbiobert.comm.launch_env import LaunchInfo, slurm_cpus_per_task, threads_per_process
 from fedbiobert.comm.wan import WanModel
 from fedbiobert.config import Config, corpus_files_for
 from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, load_or_build_token_cache, partition,
@@ -92,9 +92,16 @@ def default_cache_dir() -> Path:
 def select_device(config: Config, launch: LaunchInfo) -> torch.device:
     if not config.on_cuda:
         return torch.device("cpu")
-    index = gpu_index(config, launch) if config.gpu_ids else launch.local_rank % torch.cuda.device_count()
+    index = device_index(config, launch, torch.cuda.device_count())
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def device_index(config: Config, launch: LaunchInfo, visible_gpus: int) -> int:
+    """The visible GPU this process takes: its --gpu_ids entry, else its local rank modulo the GPUs it
+    sees: one each when the node's processes share them (validate_world checks there are enough), index 0
+    of its own when srun binds a GPU per task (each task sees only its own)."""
+    return gpu_index(config, launch) if config.gpu_ids else launch.local_rank % visible_gpus
 
 
 def gpu_index(config: Config, launch: LaunchInfo) -> int:
@@ -105,8 +112,9 @@ def gpu_index(config: Config, launch: LaunchInfo) -> int:
 
 
 def set_cpu_threads(config: Config, launch: LaunchInfo) -> None:
-    """Split the cores between the processes of a node (torch would give each all of them)."""
-    threads = config.num_threads or max(1, (os.cpu_count() or 1) // launch.local_world_size)
+    """Split the CPUs this process may run on (its affinity, as taskset or a launcher's binding left it)
+    between the processes of its node that share them; torch would give each all of the machine's."""
+    threads = config.num_threads or threads_per_process(launch.local_world_size, slurm_cpus_per_task(launch))
     torch.set_num_threads(threads)
 
 

@@ -18,4 +18,5 @@ done
 # starts it without (as on each node of a cluster without passwordless ssh).
 read -r -a extra <<< "${DS_ARGS:-}"
 read -r -a deepspeed <<< "${DEEPSPEED:-$ROOT/.venv/bin/deepspeed}"   # e.g. "python -m deepspeed.launcher.runner"
-exec "${deepspeed[@]}" "${args[@]}" "${extra[@]}" "$ROOT/run.py" "$@"
+# ${a[@]+"${a[@]}"}: an empty array under set -u is an "unbound variable" error in bash before 4.4
+exec ${deepspeed[@]+"${deepspeed[@]}"} ${args[@]+"${args[@]}"} ${extra[@]+"${extra[@]}"} "$ROOT/run.py" "$@"

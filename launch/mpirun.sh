@@ -32,4 +32,6 @@ else
     args+=(-genvall)                                               # MPICH / Intel MPI: pass the environment
 fi
 read -r -a extra <<< "${MPIRUN_ARGS:-}"
-exec mpirun "${args[@]}" "${extra[@]}" -np "${NP:-3}" "${PYTHON:-$ROOT/.venv/bin/python}" "$ROOT/run.py" "$@"
+# ${a[@]+"${a[@]}"}: an empty array under set -u is an "unbound variable" error in bash before 4.4
+exec mpirun ${args[@]+"${args[@]}"} ${extra[@]+"${extra[@]}"} -np "${NP:-3}" "${PYTHON:-$ROOT/.venv/bin/python}" \
+    "$ROOT/run.py" "$@"

@@ -8,25 +8,30 @@ data: the quality reference at equal tokens.
 """
 from __future__ import annotations
 
-from fedbiobert.algorithms.base import Algorithm, ClientTrainer, Stepper, StepResult, loss_value
-from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
+import torch
+
+from fedbiobert.algorithms.base import Algorithm, ClientTrainer, StepResult, loss_value
+from fedbiobert.config import ConfigError
+from fedbiobert.model import gather_masked, masked_positions, mlm_loss, split_model
 from fedbiobert.precision import autocast
+
+
+def full_model_loss(model, batch, precision: str) -> torch.Tensor:
+    """The masked-LM loss of the whole model (every encoder layer, the final head) on a batch."""
+    positions = masked_positions(batch.labels)
+    with autocast(precision, model):
+        hidden = model(batch.input_ids, batch.attention_mask)  # every encoder layer
+        return mlm_loss(model.final_logits(gather_masked(hidden, positions)), batch.labels.reshape(-1)[positions])
 
 
 class FullModelClient(ClientTrainer):
     def __init__(self, algorithm, model, client_id: int):
-        config = algorithm.config
         self.model, self.client_id = model, client_id
-        self.precision = config.precision
-        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm,
-                               precision=self.precision)
+        self.precision = algorithm.config.precision
+        self.stepper = algorithm.stepper(model)
 
     def step(self, batch, global_step: int) -> StepResult:
-        positions = masked_positions(batch.labels)
-        with autocast(self.precision, self.model):
-            hidden = self.model(batch.input_ids, batch.attention_mask)  # every encoder layer
-            loss = mlm_loss(self.model.final_logits(gather_masked(hidden, positions)),
-                            batch.labels.reshape(-1)[positions])
+        loss = full_model_loss(self.model, batch, self.precision)
         self.stepper.backward(loss)
         self.stepper.step(global_step)
         return StepResult(global_loss=loss_value(loss), tokens=int(batch.attention_mask.sum()), step=global_step,
@@ -38,23 +43,30 @@ class FullModelClient(ClientTrainer):
 
 class FedAvg(Algorithm):
     name = "fedavg"
+    summary = "full model on every client"
 
     def split(self, full_model):
         client, _ = split_model(full_model, self.config.num_layers, "client")  # the whole model on the client
         return client, None
 
-    def federated_client_keys(self, client_model) -> list[str]:
-        # No local loss here: the auxiliary head is never trained, so it is never exchanged either.
-        keys = client_state_keys(client_model, self.config.fedavg_embedding_head)
-        return [key for key in keys if not key.startswith("aux_head.")]
-
     def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FullModelClient:
         return FullModelClient(self, model, client_id)
 
-    def server_trainer(self, model, channel, round_idx):
-        raise RuntimeError(f"{self.name} has no server")
-
 
 class Centralized(FedAvg):
-    """One process, one silo with all the data (validated in config: world 1, n_clients 1)."""
+    """One process, one silo with all the data: nothing is exchanged."""
     name = "centralized"
+    summary = "one process, all data"
+    default_n_clients = 1
+    exchanges_model = False
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.n_clients != 1:
+            raise ConfigError(f"--n_clients {config.n_clients} must be 1 for --algorithm centralized "
+                              "(one process trains on all the data)")
+
+    @classmethod
+    def check_world(cls, config, world_size: int) -> None:
+        if world_size != 1:
+            raise ConfigError(f"--algorithm centralized runs on 1 process, not {world_size}")

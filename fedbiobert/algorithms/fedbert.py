@@ -23,48 +23,39 @@ server replica serves one client process at a time: one replica per client proce
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
-from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
-                                        abandon_message, expect, loss_value, rows_at_masked, server_output)
-from fedbiobert.config import server_schedule_for
+from fedbiobert.algorithms.base import SplitAlgorithm, StepResult, loss_value
+from fedbiobert.algorithms.split_parts import SplitClient, SplitServerTrainer, expect, server_output
+from fedbiobert.config import ConfigError, server_schedule_for
 from fedbiobert.comm.messages import Kind, Message
-from fedbiobert.model import client_state_keys, gather_masked, masked_positions, mlm_loss, split_model
+from fedbiobert.model import gather_masked, mlm_loss
 from fedbiobert.precision import autocast
 
 
-class FedBERTClient(ClientTrainer):
+class FedBERTClient(SplitClient):
     def __init__(self, algorithm, model, channel, server_rank: int, client_id: int, round_idx: int):
-        config = algorithm.config
-        self.model, self.channel, self.server_rank = model, channel, server_rank
-        self.client_id, self.round_idx = client_id, round_idx
-        self.head_on_client = config.head_placement == "client"
-        self.full_output = config.server_sends_full_output
-        self.wire_dtype = config.wire_dtype
-        self.precision = config.precision
-        self.stepper = Stepper(model, algorithm.session.schedule, config.weight_decay, config.max_grad_norm,
-                               precision=self.precision)
-        # The exchange of the current step still open with the server, for abandon():
-        # (step, what comes next: "output" to receive, "answer" to send, "grad" to receive) or None.
+        super().__init__(algorithm, model, channel, server_rank, client_id, round_idx)
+        self.stepper = algorithm.stepper(model)
+        # The exchange of the current step still open with the server, for abandon(): (step, what comes
+        # next: "output" to receive and answer, "grad" to receive) or None. Between taking the OUTPUT and
+        # answering it, `holding_output` is True.
         self.open_exchange: tuple[int, str] | None = None
 
     def step(self, batch, global_step: int) -> StepResult:
-        positions = masked_positions(batch.labels)
-        targets = batch.labels.reshape(-1)[positions]
-        with autocast(self.precision, self.model):
-            hidden = self.model(batch.input_ids, batch.attention_mask)
-        tensors = [hidden.detach().to(self.wire_dtype), batch.attention_mask.to(torch.uint8), positions]
-        if not self.head_on_client:
-            tensors.append(targets)
-        self._send(Kind.ACTIVATION, global_step, tensors)  # paired with FedBERTServer._on_activation
+        hidden, positions, targets = self.forward_and_send(batch, global_step)
         self.open_exchange = (global_step, "output" if self.head_on_client else "grad")
-        global_loss = self._final_head_round_trip(global_step, targets, positions) if self.head_on_client else None
+        global_loss = None
+        if self.head_on_client:
+            # The same fp16 loss scale as the cut's backward below: one step unscales both.
+            global_loss = self.final_head_round_trip(global_step, positions, targets, self.stepper)
+            self.open_exchange = (global_step, "grad")
         reply = self.channel.recv(self.server_rank)  # blocks: the GRAD at the cut
         expect(reply, Kind.GRAD, global_step, self.server_rank)
         self.open_exchange = None
-        # The same fp16 loss scale as the final head's backward above: one step unscales both.
         self.stepper.backward(hidden, reply.tensors[0])  # cast to hidden's dtype (bf16 under autocast)
         self.stepper.step(global_step)
         return StepResult(global_loss=global_loss, tokens=int(batch.attention_mask.sum()), step=global_step,
@@ -75,40 +66,17 @@ class FedBERTClient(ClientTrainer):
         return []
 
     def abandon(self) -> None:
-        """Close the current step's exchange: take an owed OUTPUT and answer it with ABANDON (the
-        server then sends nothing more for that step), or take the owed GRAD at the cut."""
+        """Close the current step's exchange: answer an owed (or held) OUTPUT with ABANDON (the server
+        then sends nothing more for that step), or take the owed GRAD at the cut."""
         if self.open_exchange is None:
             return
         step, next_part = self.open_exchange
         if next_part == "output":
-            expect(self.channel.recv(self.server_rank), Kind.OUTPUT, step, self.server_rank)
-            next_part = "answer"
-        if next_part == "answer":
-            # paired with SplitServerTrainer.handle (ABANDON): the server drops the graph, no reply
-            self.channel.send(abandon_message(self.client_id, self.round_idx, step), self.server_rank)
+            self.abandon_output(step)
         else:
             expect(self.channel.recv(self.server_rank), Kind.GRAD, step, self.server_rank)
         self.open_exchange = None
         self.channel.flush()
-
-    def _final_head_round_trip(self, global_step: int, targets, positions) -> float:
-        output = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
-        expect(output, Kind.OUTPUT, global_step, self.server_rank)
-        self.open_exchange = (global_step, "answer")
-        server_hidden = output.tensors[0].float().requires_grad_()  # a leaf: its grad is fp32
-        at_masked = rows_at_masked(server_hidden, positions, self.full_output)
-        with autocast(self.precision, self.model):
-            final_loss = mlm_loss(self.model.final_logits(at_masked), targets)
-        self.stepper.backward(final_loss)
-        value = loss_value(final_loss)
-        grad = self.stepper.unscaled(server_hidden.grad)
-        self._send(Kind.GRAD, global_step, [grad.to(self.wire_dtype)], (math.nan, value))
-        self.open_exchange = (global_step, "grad")
-        return value
-
-    def _send(self, kind: Kind, step: int, tensors, scalars=(math.nan, math.nan)) -> None:
-        self.channel.send(Message(kind, client_id=self.client_id, round=self.round_idx, step=step,
-                                  scalars=scalars, tensors=tensors), self.server_rank)
 
 
 class FedBERTServer(SplitServerTrainer):
@@ -128,20 +96,20 @@ class FedBERTServer(SplitServerTrainer):
         if self.head_on_client:
             output = server_output(last_hidden, positions, self.full_output)
             self.keep_for_grad(message, (cut_input, output))
-            self._reply(message, Kind.OUTPUT, [output.detach().to(self.wire_dtype)])
+            self.reply(message, Kind.OUTPUT, [output.detach().to(self.wire_dtype)])
             return None
         with autocast(self.precision, self.model):
             final_loss = mlm_loss(self.model.final_logits(gather_masked(last_hidden, positions)), message.tensors[3])
         self.stepper.backward(final_loss)
         value = loss_value(final_loss)
-        self._reply(message, Kind.GRAD, [self._cut_grad(cut_input)], (math.nan, value))
+        self.reply(message, Kind.GRAD, [self._cut_grad(cut_input)], (math.nan, value))
         self.stepper.step(message.step)
         return StepResult(global_loss=value, tokens=int(mask.sum()), step=message.step, client_id=message.client_id)
 
     def on_grad(self, message: Message) -> StepResult:
         cut_input, output = self.awaiting_grad.pop((message.source, message.step))
         self.stepper.backward(output, message.tensors[0])  # cast to the output's dtype (bf16 under autocast)
-        self._reply(message, Kind.GRAD, [self._cut_grad(cut_input)])  # paired with FedBERTClient.step
+        self.reply(message, Kind.GRAD, [self._cut_grad(cut_input)])  # paired with FedBERTClient.step
         self.stepper.step(message.step)
         return StepResult(global_loss=message.scalars[1], step=message.step, client_id=message.client_id)
 
@@ -149,25 +117,37 @@ class FedBERTServer(SplitServerTrainer):
         """The gradient at the cut for the client, unscaled (fp16) before the step updates the scale."""
         return self.stepper.unscaled(cut_input.grad).to(self.wire_dtype)
 
-    def _reply(self, message: Message, kind: Kind, tensors, scalars=(math.nan, math.nan)) -> None:
-        self.channel.send(Message(kind, client_id=message.client_id, round=self.round_idx, step=message.step,
-                                  scalars=scalars, tensors=tensors), message.source)
 
-
-class FedBERT(Algorithm):
+class FedBERT(SplitAlgorithm):
     name = "fedbert"
+    summary = "split learning that waits for the server's gradient every step"
+    full_server_output = True  # the paper's client runs its head on the server's full output
+
+    @classmethod
+    def check_world(cls, config, world_size: int) -> None:
+        """The schedule needs its servers: one per client process (parallel) or one shared (sequential)."""
+        servers = config.num_servers
+        num_client_processes = world_size - servers
+        schedule = server_schedule_for(config, world_size)
+        if schedule == "parallel" and num_client_processes != servers:
+            raise ConfigError(
+                f"fedbert with --server_schedule parallel needs one server replica per client process: "
+                f"--num_device {servers} but {num_client_processes} client processes (world size {world_size}; "
+                f"launch {2 * servers} processes, or use --server_schedule sequential with --num_device 1)")
+        if schedule == "sequential" and servers != 1:
+            raise ConfigError(f"fedbert with --server_schedule sequential has one shared server: "
+                              f"--num_device {servers} must be 1" + (
+                                  f" (or launch {2 * servers} processes for one server per client process)"
+                                  if config.server_schedule == "auto" else ""))
+
+    @classmethod
+    def resolve_for_world(cls, config, world_size: int):
+        """--server_schedule auto made concrete for this world."""
+        return dataclasses.replace(config, server_schedule=server_schedule_for(config, world_size))
 
     @property
     def server_takes_turns(self) -> bool:
         return server_schedule_for(self.config, self.session.launch.world_size) == "sequential"
-
-    def split(self, full_model):
-        return split_model(full_model, self.config.num_client_encoder, self.config.head_placement)
-
-    def federated_client_keys(self, client_model) -> list[str]:
-        # No local loss here: the auxiliary head is never trained, so it is never exchanged either.
-        keys = client_state_keys(client_model, self.config.fedavg_embedding_head)
-        return [key for key in keys if not key.startswith("aux_head.")]
 
     def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FedBERTClient:
         return FedBERTClient(self, model, channel, server_rank, client_id, round_idx)

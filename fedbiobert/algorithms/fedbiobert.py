@@ -27,15 +27,15 @@ Wire (send/receive pairs):
 from __future__ import annotations
 
 import collections
-import math
 from dataclasses import dataclass
 
 import torch
 
-from fedbiobert.algorithms.base import (Algorithm, ClientTrainer, SplitServerTrainer, Stepper, StepResult,
-                                        abandon_message, expect, loss_value, rows_at_masked, server_output)
+from fedbiobert.algorithms.base import SplitAlgorithm, StepResult, loss_value
+from fedbiobert.algorithms.split_parts import SplitClient, SplitServerTrainer, server_output
+from fedbiobert.algorithms.stepper import Stepper
 from fedbiobert.comm.messages import Kind, Message
-from fedbiobert.model import client_state_keys, gather_masked, keep_forward, masked_positions, mlm_loss, split_model
+from fedbiobert.model import gather_masked, keep_forward, mlm_loss
 from fedbiobert.precision import autocast
 
 
@@ -46,38 +46,25 @@ class _AwaitedOutput:
     positions: torch.Tensor
 
 
-class FedBioBERTClient(ClientTrainer):
+class FedBioBERTClient(SplitClient):
     def __init__(self, algorithm: "FedBioBERT", model, channel, server_rank: int, client_id: int, round_idx: int):
-        config = algorithm.config
-        self.model = model
-        self.channel = channel
-        self.server_rank = server_rank
-        self.client_id = client_id
-        self.round_idx = round_idx
-        self.head_on_client = config.head_placement == "client"
-        self.full_output = config.server_sends_full_output
-        self.max_inflight = config.max_inflight
-        self.wire_dtype = config.wire_dtype
-        self.precision = config.precision
-        schedule, decay, clip = algorithm.session.schedule, config.weight_decay, config.max_grad_norm
+        super().__init__(algorithm, model, channel, server_rank, client_id, round_idx)
+        self.max_inflight = algorithm.config.max_inflight
         final_head = model.final_head if self.head_on_client else None
         # The trunk (embeddings, client layers, auxiliary head) and the final head step apart: the
         # trunk on the auxiliary loss of batch b, the final head on the final loss of batch
         # b - max_inflight when its OUTPUT is settled, each with its own clipping (and fp16 loss scale).
-        self.stepper = Stepper(model, schedule, decay, clip, skip=final_head, precision=self.precision)
-        self.final_head_stepper = (Stepper(final_head, schedule, decay, clip, precision=self.precision)
-                                   if final_head is not None else None)
+        self.stepper = algorithm.stepper(model, skip=final_head)
+        self.final_head_stepper = algorithm.stepper(final_head) if final_head is not None else None
         self.awaited: collections.deque[_AwaitedOutput] = collections.deque()
-        self.holding_output = False  # the oldest awaited OUTPUT was received but not yet answered
         self.last_step = -1
 
     def step(self, batch, global_step: int) -> StepResult:
-        positions = masked_positions(batch.labels)
-        targets = batch.labels.reshape(-1)[positions]
+        # Send first, so the server works on this batch while we compute the local loss.
+        hidden, positions, targets = self.forward_and_send(batch, global_step)
+        if self.head_on_client:
+            self.awaited.append(_AwaitedOutput(global_step, targets, positions))
         with autocast(self.precision, self.model):
-            hidden = self.model(batch.input_ids, batch.attention_mask)
-            # Send first, so the server works on this batch while we compute the local loss.
-            self._send_activation(hidden, batch.attention_mask, positions, targets, global_step)
             local_loss = mlm_loss(self.model.aux_logits(gather_masked(hidden, positions)), targets)
         self.stepper.backward(local_loss)
         global_losses = self._settle_outputs(keep=self.max_inflight) if self.head_on_client else []
@@ -103,47 +90,18 @@ class FedBioBERTClient(ClientTrainer):
     def abandon(self) -> None:
         """Take every OUTPUT still owed to this silo and answer each with ABANDON instead of a GRAD."""
         for awaited in self.awaited:
-            if not self.holding_output:
-                message = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
-                expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
-            self.holding_output = False
-            # paired with SplitServerTrainer.handle (ABANDON): the server drops that batch's graph
-            self.channel.send(abandon_message(self.client_id, self.round_idx, awaited.step), self.server_rank)
+            self.abandon_output(awaited.step)
         self.awaited.clear()
-
-    def _send_activation(self, hidden, attention_mask, positions, targets, global_step: int) -> None:
-        tensors = [hidden.detach().to(self.wire_dtype), attention_mask.to(torch.uint8), positions]
-        if not self.head_on_client:
-            tensors.append(targets)  # server-head mode: the labels of masked positions leave the silo
-        message = Message(Kind.ACTIVATION, client_id=self.client_id, round=self.round_idx, step=global_step,
-                          tensors=tensors)
-        self.channel.send(message, self.server_rank)  # paired with FedBioBERTServer.handle (ACTIVATION)
-        if self.head_on_client:
-            self.awaited.append(_AwaitedOutput(global_step, targets, positions))
 
     def _settle_outputs(self, keep: int) -> list[float]:
         """Consume OUTPUTs (oldest first) until at most `keep` are awaited; return their final losses."""
         losses = []
         while len(self.awaited) > keep:
             awaited = self.awaited[0]  # popped once answered: abandon() must know what is still open
-            message = self.channel.recv(self.server_rank)  # paired with the server's OUTPUT send
-            expect(message, Kind.OUTPUT, awaited.step, self.server_rank)
-            self.holding_output = True
-            server_hidden = message.tensors[0].float().requires_grad_()  # a leaf: its grad is fp32
-            at_masked = rows_at_masked(server_hidden, awaited.positions, self.full_output)
-            with autocast(self.precision, self.model):
-                final_loss = mlm_loss(self.model.final_logits(at_masked), awaited.targets)
-            # grads for the client's final head, and d loss / d server_hidden (unscaled before the
-            # step updates an fp16 loss scale)
-            self.final_head_stepper.backward(final_loss)
-            grad = self.final_head_stepper.unscaled(server_hidden.grad).to(self.wire_dtype)
+            losses.append(self.final_head_round_trip(awaited.step, awaited.positions, awaited.targets,
+                                                     self.final_head_stepper))
             self.final_head_stepper.step(awaited.step)  # the final head only: the trunk has no grad here
-            losses.append(loss_value(final_loss))
-            reply = Message(Kind.GRAD, client_id=self.client_id, round=self.round_idx, step=awaited.step,
-                            scalars=(math.nan, losses[-1]), tensors=[grad])
-            self.channel.send(reply, self.server_rank)  # paired with FedBioBERTServer.handle (GRAD)
             self.awaited.popleft()
-            self.holding_output = False
         return losses
 
 
@@ -184,9 +142,8 @@ class FedBioBERTServer(SplitServerTrainer):
 
         kept = keep_forward(self.model, compute, self.recompute)
         self.keep_for_grad(message, (kept, int(mask.sum())))
-        reply = Message(Kind.OUTPUT, client_id=message.client_id, round=self.round_idx, step=message.step,
-                        tensors=[kept.output.detach().to(self.wire_dtype)])
-        self.channel.send(reply, message.source)  # paired with FedBioBERTClient._settle_outputs
+        # paired with SplitClient.final_head_round_trip
+        self.reply(message, Kind.OUTPUT, [kept.output.detach().to(self.wire_dtype)])
         return None
 
     def on_grad(self, message: Message) -> StepResult:
@@ -197,14 +154,13 @@ class FedBioBERTServer(SplitServerTrainer):
                           client_id=message.client_id)
 
 
-class FedBioBERT(Algorithm):
+class FedBioBERT(SplitAlgorithm):
     name = "fedbiobert"
-
-    def split(self, full_model):
-        return split_model(full_model, self.config.num_client_encoder, self.config.head_placement)
-
-    def federated_client_keys(self, client_model) -> list[str]:
-        return client_state_keys(client_model, self.config.fedavg_embedding_head)
+    summary = "local loss, async server"
+    min_client_layers = 1
+    min_client_layers_why = "the auxiliary loss trains client encoder layers"
+    supports_server_recompute = True  # the only server that keeps graphs across steps
+    trains_aux_head = True
 
     def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FedBioBERTClient:
         return FedBioBERTClient(self, model, channel, server_rank, client_id, round_idx)

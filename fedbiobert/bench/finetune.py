@@ -22,7 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from fedbiobert.finetune.batching import training_batches
 from fedbiobert.finetune.data_ner import encode_ner, label_list, read_conll
 from fedbiobert.finetune.modeling import RandomModelSize, build_random, load_pretrained
-from fedbiobert.finetune.train import Hyper, LinearSchedule, build_optimizer, train_epoch
+from fedbiobert.finetune.train import Hyper, LinearSchedule, finetune_optimizer, train_epoch
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ner" / "ncbi_disease"
 
@@ -56,7 +56,7 @@ def prepare(options):
 
 
 def ours(model, batches, hyper: Hyper) -> float:
-    optimizer = build_optimizer(model, hyper)
+    optimizer = finetune_optimizer(model, hyper)
     schedule = LinearSchedule(len(batches), hyper)
     train_epoch(model, batches[:1], optimizer, schedule, 0, hyper.max_grad_norm)  # warm-up, untimed
     started = time.perf_counter()

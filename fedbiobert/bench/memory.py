@@ -21,8 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedbiobert.atomic import write_json_atomically, write_text_atomically
 from fedbiobert.bench.matrix import RunSpec
-from fedbiobert.bench.report import write_json
 from fedbiobert.bench.runner import REPO, RunnerSettings, run_spec
 from fedbiobert.bench.results import machine_info
 
@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"    growth {row['growth'] or 'n/a (failed)'}", flush=True)
     machine = machine_info()
-    write_json(args.out / "memory.json", {"machine": machine, "rows": rows})  # atomic, like the bench's
+    write_json_atomically(args.out / "memory.json", {"machine": machine, "rows": rows})
     text = markdown(rows, args, machine)
-    (args.out / "memory.md").write_text(text)
+    write_text_atomically(args.out / "memory.md", text)
     print(text)
     return 0 if all(row["meets_target"] for row in rows if not row["diagnostic"]) else 1
 

@@ -1,23 +1,15 @@
 """Write a benchmark's outputs: results.json, machine.json, results.md and loss_vs_time.png."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from fedbiobert.atomic import atomic_write, write_json_atomically, write_text_atomically
 from fedbiobert.bench.presets import Preset
 from fedbiobert.bench.results import describe_link
 
 TABLE_COLUMNS = ("run", "link", "s/round", "tokens/s", "speedup vs FedBERT (paper)", "like for like",
                  "vs 0-L masked", "link overhead", "of stage bound", "s to target", "MB up/round", "MB down/round",
                  "val loss ± SE", "vs like-for-like", "status")
-
-
-def write_json(path: Path, value) -> None:
-    """Atomic write, so an interrupted benchmark never leaves half a file."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def _num(value, digits: int) -> str:
@@ -107,10 +99,66 @@ def stages_table(rows: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+# "How to read it", the notes under the table: those on the timing columns, then (with --repeat) how
+# passes merge, then the other columns'.
+_TIMING_NOTES = (
+    "- **s/round** is the median wall time of the rounds after the first; round 1 includes warm-up and is "
+    "left out (it is in results.json as first_round_seconds). A round's time covers training and FedAvg; "
+    "the round-end validation, export and checkpoint are not training and are left out (every process "
+    "waits for them, so no algorithm absorbs them in idle time).",
+    "- **tokens/s** is training tokens over the wall time of the same rounds.",
+)
+_COLUMN_NOTES = (
+    "- **speedup vs fedbert 0-L** = s/round of `fedbert-0-L` (the original FedBERT: embeddings and MLM head "
+    "on the client, every encoder layer on the server) under the same link / this run's s/round "
+    "(> 1: faster); centralized, which has no link, compares with the no-link baseline. As the paper "
+    "describes it, FedBERT's server returns its last hidden states at every position and the client returns "
+    "their gradient: four activation-sized transfers per step.",
+    "- **like for like**: against FedBERT with the same head placement (head on the server: "
+    "`fedbert-0-L-serverhead`, whose client waits only for the gradient at the cut; head on the client and "
+    "full-model algorithms: `fedbert-0-L`). The paper column compares every run with the published "
+    "FedBERT (head on the client); this one does not credit a run for moving its head.",
+    "- **link overhead**: s/round with the link / the same run's without (1.00x: the link costs nothing). "
+    "A speed-up over an emulated link depends on how fast the machine computes (a faster machine spends "
+    "a larger share of the round on the link); this ratio and the next depend on it far less.",
+    "- **of stage bound** (fedbiobert without a link): the like-for-like speed-up as a share of what the "
+    "run's own stage times allow: "
+    "FedBERT's serial compute per round (client + server) / this run's busiest process's compute per "
+    "round (100%: every bit of overlap the stages allow).",
+    "- **s to target**: cumulative training seconds until the validation loss first reaches the final "
+    "validation loss of `fedbert-0-L` (no link), checked at round ends; `never` if it does not within the "
+    "preset's rounds.",
+    "- **val loss ± SE**: MLM loss of the joined model on a fixed validation set drawn from every corpus "
+    "file's held-out documents (the same positions for every run), with its standard error over blocks; "
+    "**vs like-for-like**: the difference to the like-for-like baseline, beyond noise when it exceeds "
+    "1.96 standard errors of the difference.",
+    "- **vs 0-L masked**: the same against `fedbert-0-L-masked`, whose server returns only the rows at the "
+    "masked positions (and gets their gradient back): a stronger baseline than the paper's, shown so the "
+    "gain from the protocol alone can be read.",
+    "- **link**: emulated WAN between each client process and its server (bandwidth per direction, one-way "
+    "latency); it carries split traffic and the per-round model exchange, and FedAvg's model exchange too. "
+    "Centralized training has no link and runs once.",
+    "- **processes** (results.json nproc, num_device): fedbiobert 1 server + client processes; fedbert "
+    "(server_schedule parallel) a server replica per client process; fedavg client processes only; "
+    "centralized 1. Every process of a run shares this machine's cores.",
+    "- **MB up/down per round**: bytes client processes sent / received per round (activations, gradients, "
+    "labels, and the model exchange of FedAvg), summed over client processes, as the engine counts them.",
+    "- results.json also has each run's final global (training) MLM loss, validation perplexity and "
+    "validation loss per corpus file (val_loss_by_file).",
+    "- loss_vs_time.png: validation and global loss at each round end against cumulative training time.",
+)
+
+
 def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: str) -> str:
-    failed = [row for row in rows if row["status"] != "ok"]
+    parts = [*_preamble(rows, machine, preset, command), "", markdown_table(rows), "", "How to read it:",
+             *_TIMING_NOTES, *_repeats_note(rows), *_COLUMN_NOTES, *_appendices(rows)]
+    return "\n".join(parts) + "\n"
+
+
+def _preamble(rows: list[dict], machine: dict, preset: Preset, command: str) -> list[str]:
+    """The title and what ran where: command, machine, model and the token budget every run shares."""
     budget = sorted({row["tokens_per_round_budget"] for row in rows})
-    parts = [
+    return [
         f"# FedBioBERT benchmark: preset `{preset.name}`",
         "",
         f"- command: `{command}`",
@@ -123,54 +171,13 @@ def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: s
         f"- budget: {preset.n_comm_rounds} rounds; {preset.n_clients} clients x {preset.num_batch} batches per round "
         f"(centralized: 1 client x {preset.n_clients * preset.num_batch} batches) = "
         f"{', '.join(f'{tokens:,}' for tokens in budget)} tokens per round for every run",
-        "",
-        markdown_table(rows),
-        "",
-        "How to read it:",
-        "- **s/round** is the median wall time of the rounds after the first; round 1 includes warm-up and is "
-        "left out (it is in results.json as first_round_seconds). A round's time covers training and FedAvg; "
-        "the round-end validation, export and checkpoint are not training and are left out (every process "
-        "waits for them, so no algorithm absorbs them in idle time).",
-        "- **tokens/s** is training tokens over the wall time of the same rounds.",
-        *_repeats_note(rows),
-        "- **speedup vs fedbert 0-L** = s/round of `fedbert-0-L` (the original FedBERT: embeddings and MLM head "
-        "on the client, every encoder layer on the server) under the same link / this run's s/round "
-        "(> 1: faster); centralized, which has no link, compares with the no-link baseline. As the paper "
-        "describes it, FedBERT's server returns its last hidden states at every position and the client returns "
-        "their gradient: four activation-sized transfers per step.",
-        "- **like for like**: against FedBERT with the same head placement (head on the server: "
-        "`fedbert-0-L-serverhead`, whose client waits only for the gradient at the cut; head on the client and "
-        "full-model algorithms: `fedbert-0-L`). The paper column compares every run with the published "
-        "FedBERT (head on the client); this one does not credit a run for moving its head.",
-        "- **link overhead**: s/round with the link / the same run's without (1.00x: the link costs nothing). "
-        "A speed-up over an emulated link depends on how fast the machine computes (a faster machine spends "
-        "a larger share of the round on the link); this ratio and the next depend on it far less.",
-        "- **of stage bound** (fedbiobert without a link): the like-for-like speed-up as a share of what the "
-        "run's own stage times allow: "
-        "FedBERT's serial compute per round (client + server) / this run's busiest process's compute per "
-        "round (100%: every bit of overlap the stages allow).",
-        "- **s to target**: cumulative training seconds until the validation loss first reaches the final "
-        "validation loss of `fedbert-0-L` (no link), checked at round ends; `never` if it does not within the "
-        "preset's rounds.",
-        "- **val loss ± SE**: MLM loss of the joined model on a fixed validation set drawn from every corpus "
-        "file's held-out documents (the same positions for every run), with its standard error over blocks; "
-        "**vs like-for-like**: the difference to the like-for-like baseline, beyond noise when it exceeds "
-        "1.96 standard errors of the difference.",
-        "- **vs 0-L masked**: the same against `fedbert-0-L-masked`, whose server returns only the rows at the "
-        "masked positions (and gets their gradient back): a stronger baseline than the paper's, shown so the "
-        "gain from the protocol alone can be read.",
-        "- **link**: emulated WAN between each client process and its server (bandwidth per direction, one-way "
-        "latency); it carries split traffic and the per-round model exchange, and FedAvg's model exchange too. "
-        "Centralized training has no link and runs once.",
-        "- **processes** (results.json nproc, num_device): fedbiobert 1 server + client processes; fedbert "
-        "(server_schedule parallel) a server replica per client process; fedavg client processes only; "
-        "centralized 1. Every process of a run shares this machine's cores.",
-        "- **MB up/down per round**: bytes client processes sent / received per round (activations, gradients, "
-        "labels, and the model exchange of FedAvg), summed over client processes, as the engine counts them.",
-        "- results.json also has each run's final global (training) MLM loss, validation perplexity and "
-        "validation loss per corpus file (val_loss_by_file).",
-        "- loss_vs_time.png: validation and global loss at each round end against cumulative training time.",
     ]
+
+
+def _appendices(rows: list[dict]) -> list[str]:
+    """What follows the notes: the time breakdown and per-step tables (where any run has them), then the
+    failed runs."""
+    parts = []
     breakdown = breakdown_table(rows)
     if breakdown:
         parts += ["", "Where the time goes (seconds over all rounds, mean over a role's processes; pipeline "
@@ -181,9 +188,10 @@ def results_markdown(rows: list[dict], machine: dict, preset: Preset, command: s
         parts += ["", "Per step (one batch of one silo; steady rounds): each role's compute seconds, the "
                   "split-learning bytes each way (the FedAvg model exchange is not in them), and each role's "
                   "peak resident memory (the largest process of the role):", "", stages]
+    failed = [row for row in rows if row["status"] != "ok"]
     if failed:
         parts += ["", "Failed runs:"] + [f"- `{row['name']}`: {row['error']} (log: {row['log']})" for row in failed]
-    return "\n".join(parts) + "\n"
+    return parts
 
 
 def _repeats_note(rows: list[dict]) -> list[str]:
@@ -222,7 +230,8 @@ def plot_loss_vs_time(rows: list[dict], path: Path) -> Path | None:
     figure.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     figure.suptitle("MLM loss vs training time (solid: no link emulation, dashed: emulated link)")
     figure.tight_layout(rect=(0, 0.04 + 0.04 * -(-len(labels) // columns), 1, 1))
-    figure.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as stream:
+        figure.savefig(stream, format="png", dpi=120)
     plt.close(figure)
     return path
 
@@ -235,9 +244,10 @@ def _colours(rows: list[dict], plt) -> dict[str, tuple]:
 
 def write_outputs(out_dir: Path, rows: list[dict], machine: dict, preset: Preset, command: str,
                   plot: bool = True) -> list[Path]:
-    """The JSON and markdown files (after every run, so a partial benchmark is readable), and the plot."""
-    write_json(out_dir / "results.json", rows)
-    write_json(out_dir / "machine.json", {**machine, "preset": preset.name, "command": command})
-    (out_dir / "results.md").write_text(results_markdown(rows, machine, preset, command), encoding="utf-8")
+    """The JSON and markdown files (after every run, so a partial benchmark is readable), and the plot;
+    each written atomically, so an interrupted benchmark never leaves half a file."""
+    write_json_atomically(out_dir / "results.json", rows)
+    write_json_atomically(out_dir / "machine.json", {**machine, "preset": preset.name, "command": command})
+    write_text_atomically(out_dir / "results.md", results_markdown(rows, machine, preset, command))
     plot = plot_loss_vs_time(rows, out_dir / "loss_vs_time.png") if plot else None
     return [out_dir / "results.json", out_dir / "machine.json", out_dir / "results.md"] + ([plot] if plot else [])

@@ -151,6 +151,52 @@ def _expand_host(item: str, nodelist: str) -> list[str]:
     return names
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, srun or mpirun binding, a cgroup
+    cpuset), not the machine's count, which over-counts for a process bound to a few of its cores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity call on this platform (macOS): the machine's count
+        return os.cpu_count() or 1
+
+
+def threads_per_process(local_processes: int, cpus_per_task: int | None = None) -> int:
+    """Threads for one of `local_processes` processes that share this process's CPUs (at least 1); with
+    `cpus_per_task` (CPUs of its own, see `slurm_cpus_per_task`) that many, if it may run on as many."""
+    if cpus_per_task:
+        return max(1, min(usable_cpus(), cpus_per_task))
+    return max(1, usable_cpus() // max(1, local_processes))
+
+
+def slurm_cpus_per_task(launch: LaunchInfo, env=None) -> int | None:
+    """srun's --cpus-per-task when each rank is an srun task (the 'slurm' launcher): the rank's share of
+    the node, whether the site binds each task to its CPUs (its affinity is then that many) or not (its
+    affinity is then the step's CPUs on the node, --cpus-per-task for each of the node's tasks)."""
+    env = os.environ if env is None else env
+    value = env.get("SLURM_CPUS_PER_TASK", "")
+    return int(value) if launch.launcher == "slurm" and value.isdigit() and int(value) > 0 else None
+
+
+def gpus_bound_per_task(world_size: int, local_world_size: int, env=None) -> bool:
+    """Whether srun gave each rank GPUs of its own: the ranks are srun's tasks (the 'slurm' launcher, with
+    this world) in a step with --gpus-per-task or a --gpu-bind other than none. Each task's
+    CUDA_VISIBLE_DEVICES then lists only its own GPU(s), so a rank that sees one GPU on a node of several
+    ranks is bound, not short of GPUs. A process that starts the ranks itself (torchrun's agent,
+    fedbiobert-run) is not such a task: its children share what it sees."""
+    env = os.environ if env is None else env
+    try:
+        launch = launch_info_from_env(env)
+    except LaunchError:
+        return False
+    if (launch.launcher, launch.world_size, launch.local_world_size) != ("slurm", world_size, local_world_size):
+        return False
+    # --gpu-bind=[verbose,]TYPE: none turns binding off, even the one --gpus-per-task implies
+    bind = [part for part in env.get("SLURM_GPU_BIND", "").split(",") if part and part not in ("verbose", "quiet")]
+    if any(part.startswith("none") for part in bind):
+        return False
+    return bool(env.get("SLURM_GPUS_PER_TASK") or bind)
+
+
 def free_port() -> int:
     """A TCP port free on this machine now (for a local rendezvous: tests, the bench)."""
     with socket.socket() as sock:

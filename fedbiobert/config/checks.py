@@ -1,13 +1,16 @@
 """Checks of a `Config` that need no files: `validate_static` (the options alone) and
 `validate_world` (against the launched world and its devices), plus fedbert's schedule resolved for
-a world. Each raises `ConfigError` with one line naming the bad value and what is accepted."""
+a world. Each raises `ConfigError` with one line naming the bad value and what is accepted.
+
+What depends on the algorithm is asked of its class in the registry (`config.rules`, see
+fedbiobert/algorithms/base.py): its rules and its own `check_config` / `check_world`."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
 
-from fedbiobert.config.options import Config, _require, parse_fl_aggregate, parse_gpu_ids
+from fedbiobert.config.options import Config, _require, parse_fl_aggregate, parse_gpu_ids, registered_algorithms
 
 logger = logging.getLogger(__name__)
 
@@ -15,6 +18,7 @@ logger = logging.getLogger(__name__)
 def validate_static(config: Config) -> None:
     """Checks that need no processes and no files. Raises ConfigError."""
     _validate_choices(config)
+    _validate_head_placement(config)
     _validate_counts(config)
     _validate_optimisation(config)
     _validate_model_shape(config)
@@ -38,12 +42,23 @@ def _validate_backend(config: Config) -> None:
                  "GPUs (accepted with --on_cuda True: auto or nccl)")
 
 
+def _algorithms_where(rule: str) -> str:
+    """The registered algorithms whose class has `rule` set, for an error message."""
+    return ", ".join(name for name, rules in registered_algorithms().items() if getattr(rules, rule))
+
+
+def _validate_head_placement(config: Config) -> None:
+    placements = config.rules.head_placements
+    _require(config.head_placement in placements, f"--head_placement {config.head_placement} is not supported by "
+             f"--algorithm {config.algorithm} (accepted: {', '.join(placements)})")
+
+
 def _validate_server_output(config: Config) -> None:
     if config.server_output == "auto":
         return
     _require(config.is_split and config.head_placement == "client",
-             f"--server_output {config.server_output} applies to split algorithms (fedbiobert, fedbert) with "
-             f"--head_placement client only; this run has --algorithm {config.algorithm} --head_placement "
+             f"--server_output {config.server_output} applies to split algorithms ({_algorithms_where('is_split')}) "
+             f"with --head_placement client only; this run has --algorithm {config.algorithm} --head_placement "
              f"{config.head_placement} (accepted here: auto)")
 
 
@@ -67,6 +82,7 @@ def _validate_stall(config: Config, client_id: int) -> None:
 
 def _validate_choices(config: Config) -> None:
     """argparse checks choices on the command line only; a --config file value lands here unchecked."""
+    config.rules  # imports --algorithm_module (its algorithm is then a choice), or says --algorithm is unknown
     for config_field in dataclasses.fields(Config):
         choices, value = config_field.metadata["choices"], getattr(config, config_field.name)
         _require(not choices or value in choices,
@@ -79,6 +95,7 @@ def _validate_counts(config: Config) -> None:
         value = getattr(config, name)
         _require(value >= 1, f"--{name} {value} must be at least 1")
     _validate_servers(config)
+    config.rules.check_config(config)  # the algorithm's own (e.g. centralized: --n_clients 1)
     _require(config.min_clients <= config.clients_per_round,
              f"--min_clients {config.min_clients} exceeds the {config.clients_per_round} clients sampled per round "
              f"(--n_clients {config.n_clients} x --participation_ratio {config.participation_ratio})")
@@ -124,28 +141,25 @@ def _validate_optimisation(config: Config) -> None:
 
 def _validate_servers(config: Config) -> None:
     if config.server_recompute:
-        _require(config.algorithm == "fedbiobert" and config.head_placement == "client",
-                 f"--server_recompute True applies to --algorithm fedbiobert with --head_placement client (the only "
-                 f"server that keeps graphs across steps), not --algorithm {config.algorithm} with "
-                 f"--head_placement {config.head_placement}")
+        _require(config.rules.supports_server_recompute and config.head_placement == "client",
+                 f"--server_recompute True applies to --algorithm {_algorithms_where('supports_server_recompute')} "
+                 f"with --head_placement client (the only server that keeps graphs across steps), not --algorithm "
+                 f"{config.algorithm} with --head_placement {config.head_placement}")
     if config.is_split:
         _require(config.num_servers >= 1,
                  f"--num_device {config.num_device} must be at least 1 for --algorithm {config.algorithm}")
     else:
         _require(config.num_servers == 0, f"--num_device {config.num_device} must be 0 for --algorithm "
                  f"{config.algorithm} (it has no server processes)")
-    if config.algorithm == "centralized":
-        _require(config.n_clients == 1, f"--n_clients {config.n_clients} must be 1 for --algorithm centralized "
-                 "(one process trains on all the data)")
 
 
 def _validate_model_shape(config: Config) -> None:
-    minimum_client = {"fedbiobert": 1, "fedbert": 0}.get(config.algorithm, 0)
+    rules = config.rules
+    minimum_client, minimum_server = rules.min_client_layers, rules.min_server_layers
     _require(config.num_client_encoder >= minimum_client,
              f"--num_client_encoder {config.num_client_encoder} must be at least {minimum_client} for "
-             f"--algorithm {config.algorithm}" + (" (the auxiliary loss trains client encoder layers)"
-                                                  if config.algorithm == "fedbiobert" else ""))
-    minimum_server = 1 if config.is_split else 0
+             f"--algorithm {config.algorithm}" + (f" ({rules.min_client_layers_why})"
+                                                  if rules.min_client_layers_why else ""))
     _require(config.num_server_encoder >= minimum_server,
              f"--num_server_encoder {config.num_server_encoder} must be at least {minimum_server} for "
              f"--algorithm {config.algorithm}")
@@ -165,9 +179,10 @@ def _validate_model_shape(config: Config) -> None:
 
 
 def validate_world(config: Config, world_size: int, local_world_size: int, cuda_available: bool,
-                   cuda_device_count: int = 0) -> None:
+                   cuda_device_count: int = 0, gpus_bound_per_task: bool = False) -> None:
     """Checks that depend on how many processes were launched and what devices exist
-    (`cuda_device_count`: GPUs visible on this node; read only with --on_cuda True)."""
+    (`cuda_device_count`: GPUs this process sees; `gpus_bound_per_task`: srun gave each rank GPUs of its
+    own, see launch_env.gpus_bound_per_task; both read only with --on_cuda True)."""
     servers = config.num_servers
     num_client_processes = world_size - servers
     _require(num_client_processes >= 1,
@@ -176,26 +191,14 @@ def validate_world(config: Config, world_size: int, local_world_size: int, cuda_
     _require(num_client_processes >= servers,
              f"--num_device {servers} server processes but only {num_client_processes} client "
              f"process(es): every server needs at least one client process (world size {world_size})")
-    if config.algorithm == "centralized":
-        _require(world_size == 1, f"--algorithm centralized runs on 1 process, not {world_size}")
-    schedule = server_schedule_for(config, world_size)
-    if config.algorithm == "fedbert" and schedule == "parallel":
-        _require(num_client_processes == servers,
-                 f"fedbert with --server_schedule parallel needs one server replica per client process: "
-                 f"--num_device {servers} but {num_client_processes} client processes (world size {world_size}; "
-                 f"launch {2 * servers} processes, or use --server_schedule sequential with --num_device 1)")
-    if config.algorithm == "fedbert" and schedule == "sequential":
-        _require(servers == 1, f"fedbert with --server_schedule sequential has one shared server: "
-                 f"--num_device {servers} must be 1" + (
-                     f" (or launch {2 * servers} processes for one server per client process)"
-                     if config.server_schedule == "auto" else ""))
+    config.rules.check_world(config, world_size)  # the algorithm's own (e.g. fedbert's server schedule)
     _require(num_client_processes <= config.n_clients,
              f"{num_client_processes} client processes but --n_clients {config.n_clients}: a process "
              "would have no silo (launch fewer processes or raise --n_clients)")
     if config.on_cuda:
         _require(cuda_available, "--on_cuda True but CUDA is not available on this machine "
                  "(use --on_cuda False for CPU and gloo)")
-        _validate_gpu_count(config, local_world_size, cuda_device_count)
+        _validate_gpu_count(config, local_world_size, cuda_device_count, gpus_bound_per_task)
     gpu_ids = config.gpu_id_list
     if gpu_ids is not None:
         _require(len(gpu_ids) in (local_world_size, world_size),
@@ -203,15 +206,24 @@ def validate_world(config: Config, world_size: int, local_world_size: int, cuda_
                  f"run on this node and {world_size} in the world (give one id per local process, or one per rank)")
 
 
-def _validate_gpu_count(config: Config, local_world_size: int, cuda_device_count: int) -> None:
-    """Without --gpu_ids, local rank i takes GPU i: a node needs a GPU per local process."""
+def _validate_gpu_count(config: Config, local_world_size: int, cuda_device_count: int,
+                        gpus_bound_per_task: bool = False) -> None:
+    """Without --gpu_ids, local rank i takes visible GPU i % count (session.device_index). When the node's
+    processes share the GPUs they see, that is a GPU each only if there are as many as processes. When
+    srun bound GPUs per task, each process sees only its own (CUDA_VISIBLE_DEVICES differs per task), so
+    it needs one, whatever the count on the node."""
     if config.gpu_ids is not None:
+        return
+    if gpus_bound_per_task:
+        _require(cuda_device_count >= 1, "--on_cuda True but this process sees no GPU, though srun bound GPUs "
+                 "per task (--gpus-per-task / --gpu-bind): ask for at least one GPU per task")
         return
     example = ",".join(str(index % max(1, cuda_device_count)) for index in range(local_world_size))
     _require(cuda_device_count >= local_world_size,
              f"--on_cuda True runs {local_world_size} processes on this node but it has {cuda_device_count} GPU(s): "
              f"pass --gpu_ids to map ranks explicitly (e.g. --gpu_ids {example}; NCCL refuses two ranks of "
-             "one process group on one GPU)")
+             "one process group on one GPU), or under srun with one task per rank give each its own GPU "
+             "(--gpus-per-task=1)")
 
 
 def server_schedule_for(config: Config, world_size: int) -> str:
@@ -223,7 +235,6 @@ def server_schedule_for(config: Config, world_size: int) -> str:
 
 
 def resolve_for_world(config: Config, world_size: int) -> Config:
-    """The config a run of `world_size` processes uses: fedbert's --server_schedule auto made concrete."""
-    if config.algorithm != "fedbert":
-        return config
-    return dataclasses.replace(config, server_schedule=server_schedule_for(config, world_size))
+    """The config a run of `world_size` processes uses: the algorithm's `auto` options made concrete
+    (fedbert's --server_schedule)."""
+    return config.rules.resolve_for_world(config, world_size)

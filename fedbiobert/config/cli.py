@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbiobert.config.options import (BOOL_FIELDS, IGNORED_FLAGS, LAUNCHER_FLAGS, Config, ConfigError, _require,
-                                       parse_bool)
+                                       field_help, parse_bool)
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _argument_type(config_field: dataclasses.Field):
         return int
     if annotation.startswith("float"):
         return float
-    return str
+    return str.lower if config_field.metadata["fold_case"] else str
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         flags = [f"--{config_field.name}"] + [f"--{alias}" for alias in meta["aliases"]]
         group.add_argument(*flags, dest=config_field.name, type=_argument_type(config_field),
-                           default=config_field.default, help=meta["help"],
+                           default=config_field.default, help=field_help(config_field),
                            choices=meta["choices"] or None)
     ignored = parser.add_argument_group("accepted for compatibility, ignored for text")
     for name in IGNORED_FLAGS + LAUNCHER_FLAGS:
@@ -109,8 +109,24 @@ def _file_value(config_field: dataclasses.Field, key: str, value: Any, path: str
         raise ConfigError(f"--config '{path}' sets {key} to {value!r} (accepted: {kind})") from None
 
 
+def _import_algorithm_module(argv: list[str] | None) -> None:
+    """--algorithm_module (on the command line, else in the --config file) is imported before the parser
+    is built: the algorithm it registers is then among --algorithm's choices."""
+    early = _Parser(add_help=False, allow_abbrev=False)  # --algorithm is not an abbreviation of it here
+    early.add_argument("--config")
+    early.add_argument("--algorithm_module")
+    known, _ = early.parse_known_args(argv)
+    module = known.algorithm_module
+    if module is None and known.config:
+        module = load_config_file(known.config).get("algorithm_module")
+    if module:
+        from fedbiobert.algorithms import import_algorithm_module  # see options.algorithm_rules for why here
+        import_algorithm_module(module)
+
+
 def parse_config(argv: list[str] | None = None) -> Config:
     """Command line (+ config file) -> Config. ConfigError (one line) on unknown flags or bad values."""
+    _import_algorithm_module(argv)
     parser = build_parser()
     first_pass = parser.parse_args(argv)
     if first_pass.config:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from fedbiobert.constants import ARCHS, HEAD_PLACEMENTS, PARTITION_SCHEMES
 
-ALGORITHMS = ("fedbiobert", "fedbert", "fedavg", "centralized")
-SPLIT_ALGORITHMS = ("fedbiobert", "fedbert")  # the others train the full model on clients, with no server
 SERVER_SCHEDULES = ("auto", "parallel", "sequential")
 CLIENT_SEEDS = ("distinct", "shared")
 SERVER_OUTPUTS = ("auto", "full", "masked")
@@ -38,18 +37,64 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _opt(default: Any, help: str, aliases: tuple[str, ...] = (), choices: tuple = (), group: str = "run"):
+def _opt(default: Any, help: str | Callable[[], str], aliases: tuple[str, ...] = (), choices: Sequence = (),
+         group: str = "run", fold_case: bool = False):
+    """An option: `help` may be a function (a text made when asked); `fold_case`: its value is lower-cased."""
     return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices,
-                                            "group": group})
+                                            "group": group, "fold_case": fold_case})
+
+
+def field_help(config_field: dataclasses.Field) -> str:
+    """An option's help text (--algorithm's is made from the registry when asked)."""
+    text = config_field.metadata["help"]
+    return text() if callable(text) else text
+
+
+# --- the algorithm registry, read lazily ----------------------------------------------------------
+# An algorithm owns its rules (fedbiobert/algorithms/base.py) and config asks the registry for them.
+# fedbiobert.algorithms is imported when they are first needed, not at the top of this module: it
+# imports fedbiobert.config (a cycle otherwise), torch and transformers, and config must stay importable
+# without them (fedbiobert.launcher, the report and the bench import it first).
+def algorithm_rules(name: str, module: str | None = None) -> type:
+    """The Algorithm class of --algorithm NAME (after importing --algorithm_module MODULE, which registers
+    it); ConfigError when no such algorithm is registered."""
+    from fedbiobert.algorithms import algorithm_class
+    return algorithm_class(name, module)
+
+
+def registered_algorithms() -> dict[str, type]:
+    """name -> Algorithm class, every algorithm registered so far."""
+    from fedbiobert.algorithms import REGISTRY
+    return REGISTRY
+
+
+class _RegisteredNames(Sequence):
+    """--algorithm's choices: the registry's names when read (an --algorithm_module adds its own)."""
+
+    def __getitem__(self, index):
+        return tuple(registered_algorithms())[index]
+
+    def __len__(self) -> int:
+        return len(registered_algorithms())
+
+    def __iter__(self):
+        return iter(tuple(registered_algorithms()))
+
+
+def _algorithm_help() -> str:
+    return "; ".join(f"{name} ({rules.summary})" for name, rules in registered_algorithms().items())
 
 
 @dataclass(frozen=True)
 class Config:
     # --- what is trained -------------------------------------------------------------------
-    algorithm: str = _opt("fedbiobert", "fedbiobert (local loss, async server); fedbert (split learning that "
-                          "waits for the server's gradient every step); fedavg (full model on every client); "
-                          "centralized (one process, all data)", choices=ALGORITHMS, group="model")
-    arch: str = _opt("bert", "model family", choices=ARCHS, group="model")
+    algorithm: str = _opt("fedbiobert", _algorithm_help, choices=_RegisteredNames(), group="model")
+    algorithm_module: str | None = _opt(None, "a module of yours (dotted path, importable from the working "
+                                        "directory or PYTHONPATH) imported before the options are checked: it "
+                                        "registers an algorithm with fedbiobert.algorithms.register, for "
+                                        "--algorithm to name (see fedbiobert/algorithms/base.py)", group="model")
+    # any case: the original README writes `--arch Roberta`
+    arch: str = _opt("bert", "model family (in any case)", choices=ARCHS, group="model", fold_case=True)
     num_client_encoder: int = _opt(6, "encoder layers on the client (the cut)", group="model")
     num_server_encoder: int = _opt(6, "encoder layers on the server", group="model")
     hidden_size: int = _opt(768, "hidden size of a freshly initialised model", group="model")
@@ -190,17 +235,22 @@ class Config:
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         if self.n_clients is None:  # implied by the algorithm, as --num_device is
-            object.__setattr__(self, "n_clients", 1 if self.algorithm == "centralized" else 4)
+            object.__setattr__(self, "n_clients", self.rules.default_n_clients)
+
+    @property
+    def rules(self) -> type:
+        """The Algorithm class of --algorithm: its rules (class attributes and classmethods)."""
+        return algorithm_rules(self.algorithm, self.algorithm_module)
 
     @property
     def is_split(self) -> bool:
-        return self.algorithm in SPLIT_ALGORITHMS
+        return self.rules.is_split
 
     @property
     def num_servers(self) -> int:
         if self.num_device is not None:
             return self.num_device
-        return 1 if self.is_split else 0
+        return self.rules.default_num_servers
 
     @property
     def wan(self) -> dict | None:
@@ -221,7 +271,7 @@ class Config:
     def server_sends_full_output(self) -> bool:
         """Head on the client: the server's OUTPUT (and the client's GRAD) cover every position."""
         if self.server_output == "auto":
-            return self.algorithm == "fedbert"
+            return self.rules.full_server_output
         return self.server_output == "full"
 
     @property

@@ -29,9 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from fedbiobert.atomic import atomic_write
 from fedbiobert.data.blocks import BlockStore
 from fedbiobert.data.corpus import Document, file_sha256, read_documents, sidecar_path
 from fedbiobert.data.tokenizer import block_end_id, block_start_id, tokenizer_fingerprint
@@ -272,9 +271,8 @@ def _joined(docs: list[list[int]], separator: int):
 
 def _save_atomically(packed: _PackedFile, cache_file: Path) -> None:
     """The blocks (int32: every vocabulary is below 2**31, see _check_arguments) into
-    ``<key>.npy``, then the metadata into ``<key>.pt``, each written to a temp file beside it and
-    os.replace'd into place: a reader sees a whole entry or none (the .pt comes last)."""
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    ``<key>.npy``, then the metadata into ``<key>.pt``, each written atomically: a reader sees a
+    whole entry or none (the .pt comes last)."""
     unit_names = sorted(set(packed.units))
     unit_position = {name: index for index, name in enumerate(unit_names)}
     state = {
@@ -283,20 +281,11 @@ def _save_atomically(packed: _PackedFile, cache_file: Path) -> None:
         "held_out": packed.held_out,
         "lengths": packed.lengths,
     }
-    _replace_atomically(_blocks_file(cache_file), lambda handle: np.save(handle, packed.blocks.astype(np.int32)))
-    _replace_atomically(cache_file, lambda handle: torch.save(state, handle))
-
-
-def _replace_atomically(target: Path, write) -> None:
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.chmod(temp_name, 0o644)  # mkstemp creates it private; the cache is meant to be shared
-        os.replace(temp_name, target)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
+    # 0644 whatever the umask: the cache is meant to be shared between users
+    with atomic_write(_blocks_file(cache_file), "wb", permissions=0o644, parents=True) as stream:
+        np.save(stream, packed.blocks.astype(np.int32))
+    with atomic_write(cache_file, "wb", permissions=0o644) as stream:
+        torch.save(state, stream)
 
 
 def _log_file_done(file: Path, packed: _PackedFile, position: int, total: int, started: float) -> None:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast, RobertaTokenizerFast
 
+from fedbiobert.atomic import atomic_directory
 from fedbiobert.data.corpus import corpus_fingerprint, read_documents
 
 logger = logging.getLogger(__name__)
@@ -258,18 +256,15 @@ def _save_atomically(tokenizer: PreTrainedTokenizerFast, target: Path) -> None:
     Concurrent processes may train the same tokenizer; the first rename wins and the
     others discard their copy, so readers never see a half-written folder.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        tokenizer.save_pretrained(str(staging))
-        staging.chmod(0o755)  # mkdtemp creates it private; the cache is meant to be shared
-        os.rename(staging, target)
+        # replace=False: a folder another process put there first is kept (the rename fails); 0755
+        # whatever the umask, as the cache is meant to be shared
+        with atomic_directory(target, replace=False, permissions=0o755, parents=True) as staging:
+            tokenizer.save_pretrained(str(staging))
     except OSError:
         if not _is_saved_tokenizer(target):
             raise
         logger.info("tokenizer at %s was written by another process meanwhile; using it", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:

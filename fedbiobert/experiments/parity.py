@@ -22,8 +22,8 @@ import shutil
 import time
 from pathlib import Path
 
+from fedbiobert.atomic import write_json_atomically
 from fedbiobert.bench.matrix import BenchError, RunSpec
-from fedbiobert.bench.report import write_json
 from fedbiobert.bench.results import add_speedups, machine_info, result_row
 from fedbiobert.bench.runner import REPO, RunnerSettings, run_spec
 from fedbiobert.experiments.downstream import finished_record, run_job
@@ -121,8 +121,7 @@ def pretrain_all(plan: Plan, args) -> list[dict]:
         say(f"    {spec.name}: {row['status']} in {outcome.seconds:.0f} s"
             + (f", val loss {row['val_loss']:.4f}" if row.get("val_loss") is not None else f": {row['error']}"))
         if row["status"] == "ok":
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            write_json(saved, row)  # atomic: --resume trusts every file it finds
+            write_json_atomically(saved, row, parents=True)  # atomic: --resume trusts every file it finds
         rows.append(row)
     return add_speedups(rows)
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import math
 
-from fedbiobert.bench.report import write_json
-from fedbiobert.finetune.output import write_text
+from fedbiobert.atomic import atomic_write, write_json_atomically, write_text_atomically
 from fedbiobert.experiments.parity_plan import CONTROLS, GENERAL, RANDOM
 
 BASELINE_PREFIX = "fedbert-0-"
@@ -78,8 +77,8 @@ def write_results(out_dir, header: dict, rows: list[dict], entries: list[dict], 
     pretraining = [pretraining_row_view(row, baseline) for row in rows]
     add_comparisons(entries, baseline_name)
     results = {**header, "fedbert": baseline_name, "pretraining": pretraining, "downstream": entries}
-    write_json(out_dir / "results.json", results)
-    write_text(out_dir / "results.md", markdown(results))
+    write_json_atomically(out_dir / "results.json", results)
+    write_text_atomically(out_dir / "results.md", markdown(results))
     if plot and entries:
         plot_scores(results, out_dir / "parity.png")
 
@@ -190,7 +189,8 @@ def plot_scores(results: dict, path) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
-    figure.savefig(path, dpi=110)
+    with atomic_write(path, "wb") as stream:
+        figure.savefig(stream, format="png", dpi=110)
     plt.close(figure)
 
 

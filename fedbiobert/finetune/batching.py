@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import torch
 
-from fedbiobert.finetune.data_ner import IGNORE
+from fedbiobert.constants import IGNORE_INDEX
 
 
 def collate(examples: list, pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask padded to the longest example; token labels padded with -100.
+    """input_ids and attention_mask padded to the longest example; token labels padded with IGNORE_INDEX.
     Examples with `features` (a probe's cached encoder output, probe.CachedExample) add them:
     [length, hidden] per example padded with zeros to [batch, width, hidden], or [hidden] stacked."""
     width = max(len(example.input_ids) for example in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
     token_labels = isinstance(examples[0].labels, list)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long) if token_labels else \
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long) if token_labels else \
         torch.tensor([example.labels for example in examples], dtype=torch.long)
     for row, example in enumerate(examples):
         size = len(example.input_ids)

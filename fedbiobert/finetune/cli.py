@@ -15,11 +15,12 @@ import os
 import sys
 from pathlib import Path
 
+from fedbiobert.atomic import write_json_atomically
 from fedbiobert.config.options import parse_bool  # True/False (1/0, yes/no), as the engine's options
 from fedbiobert.finetune.errors import InputError
 from fedbiobert.finetune.federated import ProcessContext
 from fedbiobert.finetune.modeling import TASKS
-from fedbiobert.finetune.output import results_table, summarize, summary_names, write_json
+from fedbiobert.finetune.output import results_table, summarize, summary_names
 from fedbiobert.finetune.probe import FeatureCache
 from fedbiobert.finetune.run import PROBE_LR, detect_task, load_task_data, run_once
 from fedbiobert.finetune.silos import MAX_SILOS, SPLITS
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         context = process_context(options)
         record = finetune(options, context)
         if record and options.output:
-            write_json(options.output, record)
+            write_json_atomically(options.output, record, parents=True)  # --output may name a new folder
     except InputError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -3,9 +3,10 @@
 A folder holds `train.tsv`, `devel.tsv` (or `dev.tsv`, optional) and `test.tsv`: one `token<TAB>tag`
 per line, a blank line between sentences, tags `O`, `B-TYPE`, `I-TYPE`.
 
-Encoding puts each word's label on its first sub-token and -100 on the others (and on special
-tokens). A sentence longer than `max_len` sub-tokens is split into chunks of whole words; predictions
-are put back together per sentence before scoring, so every gold entity is scored exactly once, whole.
+Encoding puts each word's label on its first sub-token and IGNORE_INDEX (-100) on the others (and on
+special tokens). A sentence longer than `max_len` sub-tokens is split into chunks of whole words;
+predictions are put back together per sentence before scoring, so every gold entity is scored exactly
+once, whole.
 Chunk boundaries depend on the words alone, never on the tags: choosing them from gold tags (say, to
 avoid cutting an entity) would hand the model gold information at test time. The same rule serves
 training, so training and test chunks look alike.
@@ -17,13 +18,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedbiobert.constants import IGNORE_INDEX
 from fedbiobert.data.tokenizer import block_end_id, block_start_id
 from fedbiobert.finetune.errors import InputError
 from fedbiobert.finetune.splits import read_split_folder
 
 logger = logging.getLogger(__name__)
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX  # the name finetune/train.py imports; the value is defined once, in constants.py
 SPLIT_FILES = {"train": ("train.tsv",), "dev": ("devel.tsv", "dev.tsv"), "test": ("test.tsv",)}
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 _ACCEPTED = "accepted: token<TAB>tag with tag O, B-TYPE or I-TYPE, a blank line between sentences"
@@ -149,12 +151,12 @@ def encode_ner(sentences: list[Sentence], tokenizer, labels: list[str], max_len:
     for index, sentence in enumerate(sentences):
         counts = [min(len(pieces[word]), budget) for word in sentence.words]
         for first, last in split_points(counts, sentence.words, budget):
-            ids, target = [start_id], [IGNORE]
+            ids, target = [start_id], [IGNORE_INDEX]
             for word, tag in zip(sentence.words[first:last], sentence.tags[first:last]):
                 word_ids = pieces[word][:budget]
                 ids.extend(word_ids)
-                target.extend([label_to_id.get(tag, 0)] + [IGNORE] * (len(word_ids) - 1))
-            chunks.append(Chunk(index, first, last - first, ids + [end_id], target + [IGNORE]))
+                target.extend([label_to_id.get(tag, 0)] + [IGNORE_INDEX] * (len(word_ids) - 1))
+            chunks.append(Chunk(index, first, last - first, ids + [end_id], target + [IGNORE_INDEX]))
     num_split = len(chunks) - len(sentences)
     if num_split:
         logger.info("%d sentence chunk(s) added by splitting sentences longer than %d sub-tokens", num_split, max_len)

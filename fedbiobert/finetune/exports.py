@@ -17,9 +17,10 @@ import re
 import sys
 from pathlib import Path
 
+from fedbiobert.atomic import atomic_write, write_json_atomically, write_text_atomically
 from fedbiobert.finetune.cli import add_finetune_arguments, finetune
 from fedbiobert.finetune.errors import InputError
-from fedbiobert.finetune.output import markdown_table, metric_names, write_atomically, write_json, write_text
+from fedbiobert.finetune.output import markdown_table, metric_names
 
 logger = logging.getLogger(__name__)
 PROG = "fedbiobert-evaluate"
@@ -132,7 +133,8 @@ def plot(result: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle(f"downstream {main} on {Path(result['data']).name}")
     figure.tight_layout()
-    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+    with atomic_write(path, "wb", parents=True) as stream:
+        figure.savefig(stream, format="png", dpi=100)
     plt.close(figure)
 
 
@@ -147,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     out = Path(options.output_dir or Path(options.run_dir) / "downstream")
     text = table(result)
-    write_json(out / "evaluate.json", result)
-    write_text(out / "evaluate.md", text + "\n")
+    write_json_atomically(out / "evaluate.json", result, parents=True)  # --output_dir may not exist yet
+    write_text_atomically(out / "evaluate.md", text + "\n", parents=True)
     plot(result, out / "evaluate.png")
     print(text)
     print(f"table and plot written to {out}")

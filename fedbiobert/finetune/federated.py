@@ -19,7 +19,7 @@ import torch
 
 from fedbiobert.aggregate import WeightedSum
 from fedbiobert.finetune.batching import num_batches
-from fedbiobert.finetune.train import Hyper, LinearSchedule, build_optimizer, train_epochs
+from fedbiobert.finetune.train import Hyper, LinearSchedule, finetune_optimizer, train_epochs
 from fedbiobert.topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def build_topology(n_clients: int, participation_ratio: float, seed: int, world_
 def train_silo(model, examples: list, hyper: Hyper, rounds: int, local_epochs: int, round_idx: int,
                seed: int, client_id: int, pad_id: int) -> list[float]:
     """One silo's local epochs of round `round_idx`, from the weights the model holds now."""
-    optimizer = build_optimizer(model, hyper)
+    optimizer = finetune_optimizer(model, hyper)
     schedule = LinearSchedule(rounds * local_epochs * num_batches(len(examples), hyper.batch_size), hyper)
     first = round_idx * local_epochs
     return train_epochs(model, examples, hyper, optimizer, schedule, range(first, first + local_epochs),

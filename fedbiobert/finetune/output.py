@@ -1,12 +1,8 @@
-"""Results out: atomic file writes (temp file + rename, so nothing is ever half-written), mean and
-standard deviation over seeds, and the printed table."""
+"""Results out: mean and standard deviation over seeds, and the printed table (the files are written
+with fedbiobert/atomic.py, so nothing is ever half-written)."""
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import tempfile
-from pathlib import Path
 
 # The table's columns (strict first: the existing headline; conlleval: what BioBERT/BLUE report).
 NER_METRICS = ("precision", "recall", "f1", "conlleval_f1", "lenient_f1")
@@ -22,32 +18,6 @@ def metric_names(task: str) -> tuple[str, ...]:
 def summary_names(task: str) -> tuple[str, ...]:
     """The metrics whose mean and std over seeds the JSON record holds."""
     return (*NER_METRICS, *NER_EXTRA_METRICS) if task == "ner" else CLASSIFICATION_METRICS
-
-
-def write_atomically(path: str | Path, write) -> None:
-    """Call write(temp_path) on a temp file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; the result should read like any file
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
-def write_json(path: str | Path, record: dict) -> None:
-    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(record, indent=2) + "\n",
-                                                                  encoding="utf-8"))
-
-
-def write_text(path: str | Path, text: str) -> None:
-    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def summarize(runs: list[dict], names: tuple[str, ...]) -> tuple[dict, dict]:

@@ -26,6 +26,7 @@ from transformers import (BertForSequenceClassification, BertForTokenClassificat
                           RobertaForSequenceClassification, RobertaForTokenClassification)
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
+from fedbiobert.constants import IGNORE_INDEX
 from fedbiobert.finetune.batching import eval_batches
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def head_on_features(model):
     def forward(features: torch.Tensor, labels: torch.Tensor | None = None, input_ids=None, attention_mask=None):
         logits = head(model, features)
         if _token_level(model):
-            loss = None if labels is None else CrossEntropyLoss()(logits.view(-1, model.num_labels), labels.view(-1))
+            loss = None if labels is None else \
+                CrossEntropyLoss(ignore_index=IGNORE_INDEX)(logits.view(-1, model.num_labels), labels.view(-1))
             return TokenClassifierOutput(loss=loss, logits=logits)
         return SequenceClassifierOutput(loss=None if labels is None else _sequence_loss(model, logits, labels),
                                         logits=logits)

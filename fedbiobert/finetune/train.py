@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from fedbiobert.finetune.batching import eval_batches, num_batches, training_batches
 from fedbiobert.finetune.data_ner import IGNORE
-from fedbiobert.optim import learning_rate, set_learning_rate
+from fedbiobert.optim import build_optimizer, learning_rate, set_learning_rate
 from fedbiobert.seeding import derive_seed, seed_torch
 
 logger = logging.getLogger(__name__)
@@ -36,14 +36,10 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def build_optimizer(model: torch.nn.Module, hyper: Hyper) -> torch.optim.AdamW:
-    """AdamW (BERT fine-tuning recipe: no decay on biases and LayerNorm weights)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": hyper.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=hyper.lr, foreach=True)
+def finetune_optimizer(model: torch.nn.Module, hyper: Hyper) -> torch.optim.AdamW:
+    """Pre-training's optimizer (optim.build_optimizer: no decay on biases and LayerNorm weights) with the
+    BERT fine-tuning recipe's settings: AdamW's default betas and eps, the rate set each step by the schedule."""
+    return build_optimizer(model.named_parameters(), hyper.weight_decay, lr=hyper.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 class LinearSchedule:
@@ -100,7 +96,7 @@ def train_epochs(model, examples: list, hyper: Hyper, optimizer, schedule, epoch
 def train_centralized(model, examples: list, hyper: Hyper, epochs: int, seed: int, pad_id: int,
                       on_epoch_end=lambda epoch: False) -> list[float]:
     """Up to `epochs` epochs with one optimizer; stops when on_epoch_end(epoch) returns True."""
-    optimizer = build_optimizer(model, hyper)
+    optimizer = finetune_optimizer(model, hyper)
     schedule = LinearSchedule(epochs * num_batches(len(examples), hyper.batch_size), hyper)
     losses = []
     for epoch in range(epochs):

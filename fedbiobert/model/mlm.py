@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def masked_positions(labels: torch.Tensor) -> torch.Tensor:
-    """[B,T] labels -> [M] flat (row-major) indices of the positions whose label is not -100."""
+    """[B,T] labels -> [M] flat (row-major) indices of the positions whose label is not IGNORE_INDEX."""
     if labels.dim() != 2:
         raise ValueError(f"labels shape {tuple(labels.shape)} is invalid; accepted: [B, T]")
     return torch.nonzero(labels.reshape(-1) != IGNORE_INDEX, as_tuple=True)[0]
@@ -53,5 +53,5 @@ def mlm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def full_mlm_loss(model: PreTrainedModel, batch_input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   labels: torch.Tensor) -> torch.Tensor:
-    """Reference: the unsplit HF model's own MLM loss (logits everywhere, -100 ignored)."""
+    """Reference: the unsplit HF model's own MLM loss (logits everywhere, IGNORE_INDEX ignored)."""
     return model(input_ids=batch_input_ids, attention_mask=attention_mask, labels=labels).loss

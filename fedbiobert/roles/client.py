@@ -119,8 +119,8 @@ class ClientProcess(RoleProcess):
         spend the time it would take. Each silo (hospital) has its own connection, so the silos of this
         process upload in parallel: one upload, queued behind the activations still on this
         process's connection (the server drains those meanwhile)."""
-        if self.config.algorithm == "centralized" or not num_silos:
-            return  # one process, no aggregator (or nothing trained here): nothing is exchanged
+        if not self.algorithm.exchanges_model or not num_silos:
+            return  # one process, no aggregator (centralized), or nothing trained here: nothing is exchanged
         for _ in range(num_silos):
             self.byte_counter.add_model_exchange("sent", state_bytes)
         if self.wan is not None:
@@ -128,7 +128,7 @@ class ClientProcess(RoleProcess):
 
     def _download_average(self, num_silos: int, state_bytes: int) -> None:
         """Once every upload is in, each trained silo downloads the averaged client part."""
-        if self.config.algorithm == "centralized" or not num_silos:
+        if not self.algorithm.exchanges_model or not num_silos:
             return
         for _ in range(num_silos):
             self.byte_counter.add_model_exchange("received", state_bytes)

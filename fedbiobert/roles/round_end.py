@@ -151,7 +151,7 @@ class RoundWriter:
         round_seconds = now - self.round_started
         val_loss = validation.loss if validation is not None else None
         steps = [event for piece in pieces for event in piece.events if event["event"] == "step"]
-        global_role = "server" if self.config.is_split and self.config.head_placement == "server" else "client"
+        global_role = self.config.rules.global_loss_role(self.config)  # where the final head ran
         tokens = sum(event["tokens"] or 0 for event in steps if event["role"] == "client")
         clients = [piece for piece in pieces if piece.role == "client"]
         return {

@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from fedbiobert import checkpoint
+from fedbiobert import atomic
 from fedbiobert.checkpoint import (export_round, prune_rounds, resume_state_path, round_dir,
                                    save_resume_state)
 from fedbiobert.data.tokenizer import build_tokenizer
@@ -55,11 +55,12 @@ def test_rewritten_round_is_swapped_in_after_the_old_one_is_set_aside(roberta, t
         renames.append((os.path.basename(source), os.path.basename(target)))
         real_replace(source, target)
 
-    monkeypatch.setattr(checkpoint.os, "replace", recording_replace)
-    monkeypatch.setattr(checkpoint, "fsync_dir", lambda path: synced.append(path.name))
+    monkeypatch.setattr(atomic.os, "replace", recording_replace)
+    monkeypatch.setattr(atomic, "fsync_dir", lambda path: synced.append(path.name))
     export_round(tmp_path, 2, model, tokenizer)
-    pid = os.getpid()
-    assert renames == [("round2", f"round2.old{pid}"), (f"round2.tmp{pid}", "round2")]
+    (aside, old), (staging, new) = renames
+    assert (aside, old, new) == ("round2", f"round2.old{os.getpid()}", "round2")
+    assert staging.startswith(".round2.") and staging.endswith(".tmp")  # filled beside it, then renamed
     assert synced[-1] == tmp_path.name  # the folder holding round2 is fsynced after the swap
     assert not (round_dir(tmp_path, 2) / "marker").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["round2"]  # the old one deleted last
@@ -77,6 +78,7 @@ def test_a_failed_export_leaves_the_previous_one_in_place(roberta, tmp_path, mon
     with pytest.raises(OSError, match="disk full"):
         export_round(tmp_path, 1, model, tokenizer)
     assert modes(round_dir(tmp_path, 1)) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["round1"]  # the half-written one is gone
 
 
 def test_round_states_live_beside_the_checkpoint_and_share_its_bytes(tmp_path):

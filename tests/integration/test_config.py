@@ -165,3 +165,57 @@ def test_startup_warnings_print_on_rank_0_only(caplog):
             logging.getLogger("fedbiobert.x").error("errors always show")
         warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
         assert len(warnings) == expected and "errors always show" in caplog.text
+
+
+def test_an_algorithm_module_that_cannot_be_imported_is_one_line():
+    with pytest.raises(ConfigError, match=r"--algorithm_module 'no_such_package.algo' cannot be imported \(No module "
+                       r"named 'no_such_package'\) \(accepted: a dotted module path") as error:
+        parse_config(["--algorithm_module", "no_such_package.algo"])
+    assert "\n" not in str(error.value)
+
+
+def test_an_unknown_algorithm_in_a_config_file_is_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("algorithm: fedsgd\n")
+    with pytest.raises(ConfigError, match=r"--algorithm 'fedsgd' is not supported \(accepted: fedbiobert, fedbert, "
+                       "fedavg, centralized"):
+        validate_static(parse_config(["--config", str(path)]))
+
+
+def test_register_refuses_a_taken_name_and_what_is_not_an_algorithm():
+    from fedbiobert.algorithms import register
+    from fedbiobert.algorithms.fedavg import FedAvg
+
+    class Impostor(FedAvg):
+        name = "fedavg"
+
+    with pytest.raises(ValueError, match="the name 'fedavg' is taken by fedbiobert.algorithms.fedavg.FedAvg"):
+        register(Impostor)
+    with pytest.raises(TypeError, match="accepted is an Algorithm subclass with a non-empty `name`"):
+        register(object)
+    assert register(FedAvg) is FedAvg  # the same class again: nothing changes
+
+
+def test_the_checks_read_an_algorithms_rules_from_its_class(monkeypatch):
+    """A split algorithm of the test's (head on the client only, two client layers at least) gets the
+    split algorithms' defaults and checks, and its own, without a line of config naming it."""
+    from fedbiobert.algorithms import REGISTRY, SplitAlgorithm
+
+    class ClientHeadOnly(SplitAlgorithm):
+        name, summary = "clienthead", "a test's split algorithm"
+        head_placements, min_client_layers, min_client_layers_why = ("client",), 2, "two layers stay home"
+
+    monkeypatch.setitem(REGISTRY, ClientHeadOnly.name, ClientHeadOnly)
+    config = parse_config(["--algorithm", "clienthead", "--num_client_encoder", "2"])
+    validate_static(config)
+    assert config.num_servers == 1 and config.is_split
+    assert "clienthead (a test's split algorithm)" in " ".join(build_parser().format_help().split())
+    for argv, fragment in [
+        (["--head_placement", "server"], "--head_placement server is not supported by --algorithm clienthead "
+                                         "(accepted: client)"),
+        (["--num_client_encoder", "1"], "--num_client_encoder 1 must be at least 2 for --algorithm clienthead "
+                                        "(two layers stay home)"),
+        (["--num_device", "0"], "--num_device 0 must be at least 1 for --algorithm clienthead"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            validate_static(parse_config(["--algorithm", "clienthead", "--num_client_encoder", "2", *argv]))

@@ -72,3 +72,18 @@ def test_a_world_too_small_for_the_options_is_one_line():
         validate_world(parse_config(["--num_device", "1"]), 1, 1, cuda_available=False)
     with pytest.raises(ConfigError, match="has 3 id.* but 2 processes run on this node and 4 in the world"):
         validate_world(parse_config(["--gpu_ids", "0,1,2"]), 4, 2, cuda_available=False)
+
+
+def test_the_seed_readmes_arch_spelling_is_accepted_in_any_case(tmp_path):
+    """The original README writes `--arch Roberta`: the model family is named in any case, on the
+    command line and in a --config file, and is kept lower-case."""
+    argv = [*ORIGINAL, "--checkpoint_save_dir", str(tmp_path / "out")]
+    argv[argv.index("--arch") + 1] = "Roberta"
+    config = parse_config(argv)
+    validate_static(config)
+    assert config.arch == "roberta"
+    config_file = tmp_path / "options.yaml"
+    config_file.write_text("arch: Roberta\n", encoding="utf-8")
+    assert parse_config(["--config", str(config_file)]).arch == "roberta"
+    with pytest.raises(ConfigError, match="argument --arch: invalid choice: 'gpt2'"):
+        parse_config(["--arch", "GPT2"])

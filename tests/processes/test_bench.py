@@ -82,10 +82,10 @@ def test_run_flags_name_the_algorithm_cut_and_link():
     by_name = {spec.name: spec for spec in _quick_matrix()}
     flags = by_name["fedbert-0-4@100mbit-5ms"].flags()
     assert flags[:6] == ["--algorithm", "fedbert", "--num_client_encoder", "0", "--num_server_encoder", "4"]
-    assert flags[-4:] == ["--link_bandwidth_mbps", "100", "--link_latency_ms", "5"]
-    assert "--link_bandwidth_mbps" not in by_name["fedbert-0-4"].flags()
+    assert flags[-4:] == ["--wan_bandwidth_mbps", "100", "--wan_latency_ms", "5"]
+    assert "--wan_bandwidth_mbps" not in by_name["fedbert-0-4"].flags()
     assert by_name["fedavg@100mbit-5ms"].flags()[-4:] == flags[-4:]
-    assert "--link_bandwidth_mbps" not in by_name["centralized"].flags()
+    assert "--wan_bandwidth_mbps" not in by_name["centralized"].flags()
 
 
 @pytest.mark.parametrize("fedbert_schedule", ["parallel", "sequential"])

@@ -60,7 +60,8 @@ def test_ranks_agree_on_rank_0s_address_through_mpi4py(tmp_path):
     """Each rank writes what it agreed on to a file of its own: mpirun forwards the ranks' stdout
     interleaved, so two lines printed at once can arrive mixed."""
     pytest.importorskip("mpi4py", reason="mpi4py (the optional `mpi` extra) is not installed")
-    script = ("import dataclasses, pathlib, sys; from fedbiobert.comm import agree_master_addr, launch_info_from_env; "
+    script = ("import dataclasses, pathlib, sys; from fedbiobert.comm.groups import agree_master_addr; "
+              "from fedbiobert.comm.launch_env import launch_info_from_env; "
               "launch = dataclasses.replace(launch_info_from_env(), master_addr=None); "
               "pathlib.Path(sys.argv[1], f'rank{launch.rank}.txt').write_text("
               "f'{launch.launcher} {launch.rank} {agree_master_addr(launch)}')")
@@ -71,3 +72,14 @@ def test_ranks_agree_on_rank_0s_address_through_mpi4py(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     agreed = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
     assert agreed == [f"openmpi {rank} {socket.gethostname()}" for rank in (0, 1)]
+
+
+def test_the_mpirun_script_runs_without_mpirun_args_under_set_u(tmp_path):
+    """No MPIRUN_ARGS: its array of extra options is empty (an "unbound variable" under set -u in bash
+    before 4.4 unless expanded safely). One rank of `echo` in place of python shows the command went through."""
+    env = {**os.environ, "PYTHON": "echo"}
+    env.pop("MPIRUN_ARGS", None)
+    result = subprocess.run(["bash", str(REPO / "launch" / "mpirun.sh"), "-np", "1", "--lr", "1"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(REPO / "run.py"), "--lr", "1"]

@@ -33,16 +33,26 @@ def test_demo_checks_a_data_dir_given_among_its_options(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _pytest_without_shared_data(missing, *paths):
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *[str(REPO / "tests" / path) for path in paths]], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, SHARED_DATA_VARIABLE: str(missing)}, timeout=120)
+
+
 def test_tests_without_the_shared_data_stop_once_naming_the_path_and_variable(tmp_path):
     missing = tmp_path / "shared" / "data"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(REPO / "tests" / "test_topology.py")], capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, SHARED_DATA_VARIABLE: str(missing)}, timeout=120)
+    result = _pytest_without_shared_data(missing, "unit/test_topology.py", "integration/test_data_masking.py")
     output = result.stdout + result.stderr
     assert result.returncode == 4, output  # pytest's usage error: no test ran
     assert output.count("the tests need the shared data folder") == 1, output
     assert f"looked for at '{missing}'" in output and f"{SHARED_DATA_VARIABLE}=" in output
     assert "FileNotFoundError" not in output and "Traceback" not in output
+
+
+def test_unit_tests_run_without_the_shared_data(tmp_path):
+    result = _pytest_without_shared_data(tmp_path / "nowhere", "unit/test_topology.py", "unit/test_messages.py")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and " passed" in output, output
 
 
 def test_readme_documents_the_data_and_the_environment_variables():

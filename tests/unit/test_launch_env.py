@@ -5,8 +5,9 @@ SLURM's from srun's documentation; tests/processes/test_cluster_*.py check them 
 import pytest
 
 from fedbiobert.comm.groups import agree_master_addr, backend_for
-from fedbiobert.comm.launch_env import (DEFAULT_PORT, LaunchError, LaunchInfo, expand_nodelist, job_port,
-                                        launch_info_from_env)
+from fedbiobert.comm.launch_env import (DEFAULT_PORT, LaunchError, LaunchInfo, expand_nodelist, gpus_bound_per_task,
+                                        job_port, launch_info_from_env, slurm_cpus_per_task,
+                                        threads_per_process, usable_cpus)
 
 
 def test_a_lone_process():
@@ -101,7 +102,8 @@ def test_a_bad_launch_environment_is_one_line(env, fragment):
 def test_mpi_across_nodes_without_mpi4py_or_master_addr_says_what_to_do():
     try:
         import mpi4py  # noqa: F401
-        pytest.skip("mpi4py is installed: the ranks agree on MASTER_ADDR through it (tests/processes/test_cluster_mpi.py)")
+        pytest.skip("mpi4py is installed: the ranks agree on MASTER_ADDR through it "
+                    "(tests/processes/test_cluster_mpi.py)")
     except ImportError:
         pass
     launch = LaunchInfo(4, 8, 0, 4, "openmpi", None)
@@ -112,3 +114,46 @@ def test_mpi_across_nodes_without_mpi4py_or_master_addr_says_what_to_do():
 def test_nccl_on_gpus_gloo_on_cpus_unless_named():
     assert backend_for(True) == "nccl" and backend_for(False) == "gloo"
     assert backend_for(False, "gloo") == "gloo" and backend_for(True, "nccl") == "nccl"
+
+
+# one srun task per rank, 2 nodes of 4: what srun sets in each task (its input variables stay in the environment)
+SRUN_TASK = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
+             "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[01-02]",
+             "SLURM_JOB_ID": "99"}
+
+
+@pytest.mark.parametrize("extra,bound", [
+    ({"SLURM_GPUS_PER_TASK": "1"}, True),                            # srun --gpus-per-task=1
+    ({"SLURM_GPUS_PER_TASK": "a100:1"}, True),
+    ({"SLURM_GPU_BIND": "map_gpu:0,1,2,3"}, True),                   # srun --gpu-bind=...
+    ({"SLURM_GPU_BIND": "verbose,single:1"}, True),
+    ({"SLURM_GPUS_PER_TASK": "1", "SLURM_GPU_BIND": "none"}, False),  # binding turned off
+    ({"SLURM_GPUS_PER_NODE": "4"}, False),                           # the node's GPUs, shared by its tasks
+    ({}, False),
+])
+def test_gpus_bound_per_task_under_srun(extra, bound):
+    assert gpus_bound_per_task(8, 4, {**SRUN_TASK, **extra}) is bound
+
+
+def test_gpus_are_not_bound_per_rank_for_processes_a_task_starts():
+    """torchrun (or fedbiobert-run) inside a task bound to one GPU: its ranks share that task's GPU."""
+    env = {**SRUN_TASK, "SLURM_GPUS_PER_TASK": "1"}
+    torchrun = {**env, "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
+    assert not gpus_bound_per_task(8, 4, torchrun)
+    assert not gpus_bound_per_task(4, 4, env)  # fedbiobert-run's own check, for 4 processes it starts
+    assert not gpus_bound_per_task(8, 4, {**env, "SLURM_PROCID": "x"})  # unreadable: not bound
+
+
+def test_cpus_per_task_count_for_srun_tasks_only():
+    srun = launch_info_from_env(SRUN_TASK)
+    assert slurm_cpus_per_task(srun, {**SRUN_TASK, "SLURM_CPUS_PER_TASK": "8"}) == 8
+    assert slurm_cpus_per_task(srun, SRUN_TASK) is None
+    torchrun = LaunchInfo(5, 8, 1, 4, "torchrun")  # the agent's --cpus-per-task is shared by its ranks
+    assert slurm_cpus_per_task(torchrun, {"SLURM_CPUS_PER_TASK": "8"}) is None
+
+
+def test_threads_split_the_shared_cpus_or_take_the_tasks_own():
+    cpus = usable_cpus()
+    assert threads_per_process(1) == cpus and threads_per_process(cpus * 4) == 1
+    assert threads_per_process(4, cpus_per_task=1) == 1                # srun -c 1: one CPU of its own
+    assert threads_per_process(4, cpus_per_task=cpus + 8) == cpus      # never more than it may run on

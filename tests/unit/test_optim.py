@@ -77,3 +77,24 @@ def test_heads_train_alone_during_head_warmup_then_the_body_at_its_ratio():
     body_groups = [group for group in stepper.optimizer.param_groups if not group["head"]]
     assert body_groups and all(group["lr"] == pytest.approx(0.5e-2) for group in body_groups)
     assert all(group["lr"] == pytest.approx(1e-2) for group in stepper.optimizer.param_groups if group["head"])
+
+
+def test_fine_tuning_uses_the_same_builder_with_its_own_adamw_settings():
+    """One builder: fine-tuning gets the same no-decay groups, with AdamW's default betas and eps and
+    its peak rate (pre-training: betas (0.9, 0.98), eps 1e-6, the rate set each step)."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    from fedbiobert.finetune.train import Hyper, finetune_optimizer
+    model = BertForTokenClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                  num_attention_heads=2, intermediate_size=32, num_labels=3))
+    optimizer = finetune_optimizer(model, Hyper(lr=3e-5, weight_decay=0.02))
+    decay, no_decay = optimizer.param_groups
+    names = {id(param): name for name, param in model.named_parameters()}
+    assert all(not (names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)]) for p in decay["params"])
+    assert all(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.02, 0.0)
+    assert all((group["lr"], group["betas"], group["eps"]) == (3e-5, (0.9, 0.999), 1e-8) for group in (decay, no_decay))
+    pretraining = build_optimizer(model.named_parameters(), weight_decay=0.01)
+    assert all((group["lr"], group["betas"], group["eps"]) == (0.0, (0.9, 0.98), 1e-6)
+               for group in pretraining.param_groups)

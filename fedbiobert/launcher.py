@@ -10,7 +10,7 @@ them (a free port, a fresh rendezvous id). If a process fails, its error is abov
 ends with one line naming the rank and the exit status it passes on (2: bad input found after start-up,
 3: the run stopped on purpose).
 
-For several machines, use torchrun or SLURM directly (README, "Clusters and GPUs").
+For several machines, use torchrun or SLURM directly (docs/clusters.md).
 """
 from __future__ import annotations
 

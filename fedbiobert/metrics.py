@@ -21,7 +21,7 @@ from fedbiobert.atomic import write_json_atomically, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
-EVENT_KEYS = ("event", "round", "step", "role", "rank", "client_id", "local_loss", "global_loss",
+EVENT_KEYS = ("event", "round", "step", "role", "rank", "silo_id", "local_loss", "global_loss",
               "tokens", "seconds", "bytes_sent", "bytes_received")
 
 
@@ -72,10 +72,10 @@ class Progress:
                             unit="step", dynamic_ncols=True, desc="FedBioBERT")
 
     def step(self, round_idx: int, step_in_round: int, loss: float | None, tokens_per_s: float,
-             client_id: int | None = None) -> None:
+             silo_id: int | None = None) -> None:
         text = f"round {round_idx + 1}/{self.total_rounds} step {step_in_round + 1}/{self.steps_per_round}"
-        if client_id is not None:
-            text += f" client {client_id}"
+        if silo_id is not None:
+            text += f" client {silo_id}"
         loss_text = f"{loss:.4f}" if loss is not None else "-"
         if self.bar is not None:
             self.bar.n = round_idx * self.steps_per_round + step_in_round + 1
@@ -126,11 +126,11 @@ class RunReporter:
                         "tokens_per_second"):
                 if entry.get(key) is not None:
                     self.tensorboard.add_scalar(f"round/{key}", entry[key], entry["round"])
-        elif entry["event"] == "step" and entry["client_id"] is not None:
+        elif entry["event"] == "step" and entry["silo_id"] is not None:
             global_step = entry["global_step"] if entry.get("global_step") is not None else entry["step"]
             for key in ("local_loss", "global_loss"):
                 if entry[key] is not None:
-                    self.tensorboard.add_scalar(f"{entry['role']}/{key}/client{entry['client_id']}",
+                    self.tensorboard.add_scalar(f"{entry['role']}/{key}/silo{entry['silo_id']}",
                                                 entry[key], global_step)
 
     def truncate_after_round(self, last_kept_round: int) -> list[dict[str, Any]]:

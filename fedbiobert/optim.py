@@ -4,7 +4,7 @@ then polynomial (power 2) decay to `--end_lr` (the schedule of HF's
 
 The schedule is a pure function of a global step index, so a client, its server and a resumed run
 all agree on the learning rate of a step without sharing scheduler state. Optimizer state is local
-to one round of one logical client (clients are stateless between rounds, as in FedAvg); the server
+to one round of one silo (silos are stateless between rounds, as in FedAvg); the server
 keeps one optimizer per round.
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ class Session:
     device: torch.device
     tokenizer: object
     corpus: TokenizedCorpus
-    client_indices: list[torch.Tensor]      # training block indices of each logical client
+    silo_indices: list[torch.Tensor]      # training block indices of each silo
     val_indices: torch.Tensor
     val_sample: torch.Tensor                # the validation blocks rank 0 evaluates on (--val_blocks of them)
     masking: MaskingSpec
@@ -65,11 +65,11 @@ class Session:
     def start_round(self) -> int:
         return 0 if self.resume is None else int(self.resume["round"])
 
-    def client_weight(self, client_id: int) -> float:
+    def silo_weight(self, silo_id: int) -> float:
         """FedAvg weight of a client: its sample count, or 1 with weighting=uniform."""
         if self.config.aggregate_weighting == "uniform":
             return 1.0
-        return float(len(self.client_indices[client_id]))
+        return float(len(self.silo_indices[silo_id]))
 
     def server_channel(self, server_rank: int) -> Channel:
         """This process's channel in `server_rank`'s group, over the emulated WAN when one is set."""
@@ -152,7 +152,7 @@ def build_session(config: Config, launch: LaunchInfo, topology: Topology, groups
     hf_config = _model_config(config, tokenizer)
     session = Session(
         config=config, launch=launch, topology=topology, groups=groups, collectives=collectives,
-        device=device, tokenizer=tokenizer, corpus=corpus, client_indices=parts,
+        device=device, tokenizer=tokenizer, corpus=corpus, silo_indices=parts,
         val_indices=val_indices, val_sample=val_sample,
         masking=MaskingSpec.from_tokenizer(tokenizer, config.mlm_probability), hf_config=hf_config,
         schedule=Schedule(config.total_steps, config.warmup_ratio, config.lr, config.end_lr,
@@ -162,13 +162,13 @@ def build_session(config: Config, launch: LaunchInfo, topology: Topology, groups
     return session
 
 
-def rows_this_process(topology: Topology, rank: int, client_indices: list[torch.Tensor],
+def rows_this_process(topology: Topology, rank: int, silo_indices: list[torch.Tensor],
                       val_sample: torch.Tensor) -> torch.Tensor:
     """The blocks this process reads: a client process those of the silos it hosts (the only ones
     it trains), a server none; rank 0 (a server, or a client without servers) also the validation
     sample, which its RoundWriter masks once at start-up."""
-    hosted = topology.clients_at(rank) if topology.role(rank) is Role.CLIENT else []
-    rows = [client_indices[client_id] for client_id in hosted] + ([val_sample] if rank == 0 else [])
+    hosted = topology.silos_at(rank) if topology.role(rank) is Role.CLIENT else []
+    rows = [silo_indices[silo_id] for silo_id in hosted] + ([val_sample] if rank == 0 else [])
     return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
 
 
@@ -187,7 +187,7 @@ def _log_partition(session: Session) -> None:
                 len(blocks.held_rows), len(blocks), blocks.held_bytes / 2**20)
     if session.rank != 0:
         return
-    sizes = [len(part) for part in session.client_indices]
+    sizes = [len(part) for part in session.silo_indices]
     logger.info("corpus: %d blocks of %d tokens from %d files; %d held out for validation",
                 len(session.corpus), session.config.max_len, len(session.corpus.files), len(session.val_indices))
     logger.info("partition %s into %d clients: blocks per client %s", session.config.partition_data,

@@ -11,8 +11,8 @@ Layout of a world of W processes with S servers (`--num_device S`):
 Rank 0 also writes checkpoints and shows progress. Algorithms without a server (fedavg,
 centralized) have S = 0: every rank is a client process.
 
-Logical clients (silos) have a fixed home process: client `client_id` lives on client process
-`client_id % P` (P = W - S), as a hospital's data lives on its own machine. Each round samples
+Logical clients (silos) have a fixed home process: client `silo_id` lives on client process
+`silo_id % P` (P = W - S), as a hospital's data lives on its own machine. Each round samples
 `round(n_clients * participation_ratio)` clients uniformly without replacement (as FedAvg and the
 original code do: every silo has the same chance each round, whatever its home process), and each
 process trains whichever of its silos were drawn, so processes may train different numbers of
@@ -78,19 +78,19 @@ class Topology:
             raise ValueError(f"rank {server_rank} is not a server")
         return [rank for rank in self.client_ranks if self.server_of(rank) == server_rank]
 
-    # --- logical clients ------------------------------------------------------------------------
-    def home_rank(self, client_id: int) -> int:
-        """The client process that holds silo `client_id`'s data and private state."""
-        if not 0 <= client_id < self.n_clients:
-            raise ValueError(f"client_id {client_id} is outside [0, {self.n_clients})")
-        return self.num_servers + client_id % self.num_client_processes
+    # --- silos ----------------------------------------------------------------------------------
+    def home_rank(self, silo_id: int) -> int:
+        """The client process that holds silo `silo_id`'s data and private state."""
+        if not 0 <= silo_id < self.n_clients:
+            raise ValueError(f"silo_id {silo_id} is outside [0, {self.n_clients})")
+        return self.num_servers + silo_id % self.num_client_processes
 
-    def clients_at(self, client_rank: int) -> list[int]:
-        """Every logical client whose home is this client process."""
+    def silos_at(self, client_rank: int) -> list[int]:
+        """Every silo whose home is this client process."""
         index = self._client_process_index(client_rank)
         return list(range(index, self.n_clients, self.num_client_processes))
 
-    def sample_clients(self, round_idx: int) -> list[int]:
+    def sample_silos(self, round_idx: int) -> list[int]:
         """The clients that train in round `round_idx` (0-based); the same on every rank.
 
         Uniform without replacement over all silos, from a generator seeded by (seed, round), so the
@@ -100,9 +100,9 @@ class Topology:
         rng = random.Random(f"{self.seed}-sample-{round_idx}")
         return sorted(rng.sample(range(self.n_clients), self.clients_per_round))
 
-    def clients_for(self, client_rank: int, round_idx: int) -> list[int]:
+    def silos_for(self, client_rank: int, round_idx: int) -> list[int]:
         """The sampled clients that `client_rank` trains, in turn, in round `round_idx`."""
-        return [cid for cid in self.sample_clients(round_idx) if self.home_rank(cid) == client_rank]
+        return [cid for cid in self.sample_silos(round_idx) if self.home_rank(cid) == client_rank]
 
     # --- helpers -----------------------------------------------------------------------------------
     def _check_rank(self, rank: int) -> None:

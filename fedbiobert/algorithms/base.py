@@ -1,6 +1,6 @@
 """The contract between the role loops (roles/) and an algorithm (what is computed and exchanged).
 
-The roles own *when* things happen: rounds, which logical clients train, batches, round ends and
+The roles own *when* things happen: rounds, which silos train, batches, round ends and
 FedAvg. An algorithm owns *what* happens: how the model is split, what one client step computes and
 sends, how a server handles a message, and which client tensors are federated. It also owns its
 rules: class attributes and classmethods of its `Algorithm` subclass (is it split, its defaults, the
@@ -32,8 +32,6 @@ import torch
 
 from fedbiobert.algorithms.stepper import Stepper
 from fedbiobert.constants import HEAD_PLACEMENTS
-from fedbiobert.model import client_state_keys, split_model
-from fedbiobert.model.split import AUX_HEAD_PREFIX
 
 
 @dataclass
@@ -43,11 +41,11 @@ class StepResult:
     global_loss: float | None = None
     tokens: int = 0
     step: int | None = None
-    client_id: int | None = None
+    silo_id: int | None = None
 
 
 class ClientTrainer(ABC):
-    """Trains one logical client for one communication round. Created fresh for each (client, round)."""
+    """Trains one silo for one communication round. Created fresh for each (silo, round)."""
 
     stepper: Stepper
 
@@ -146,7 +144,8 @@ class Algorithm(ABC):
         """(client part, server part or None) of a freshly built full model."""
 
     def federated_client_keys(self, client_model: torch.nn.Module) -> list[str]:
-        """The client tensors FedAvg averages; the others stay private to each client."""
+        """The client tensors FedAvg averages; the others stay private to each silo."""
+        from fedbiobert.model.split import AUX_HEAD_PREFIX, client_state_keys  # see split_model_lazily
         keys = client_state_keys(client_model, self.config.fedavg_embedding_head)
         if self.trains_aux_head:
             return keys
@@ -154,7 +153,7 @@ class Algorithm(ABC):
         return [key for key in keys if not key.startswith(AUX_HEAD_PREFIX)]
 
     @abstractmethod
-    def client_trainer(self, model, channel, server_rank: int, client_id: int, round_idx: int) -> ClientTrainer:
+    def client_trainer(self, model, channel, server_rank: int, silo_id: int, round_idx: int) -> ClientTrainer:
         ...
 
     def server_trainer(self, model, channel, round_idx: int) -> ServerTrainer:
@@ -174,7 +173,7 @@ class SplitAlgorithm(Algorithm):
         return "server" if config.head_placement == "server" else "client"
 
     def split(self, full_model):
-        return split_model(full_model, self.config.num_client_encoder, self.config.head_placement)
+        return split_model_lazily(full_model, self.config.num_client_encoder, self.config.head_placement)
 
     @abstractmethod
     def server_trainer(self, model, channel, round_idx: int) -> ServerTrainer:
@@ -184,3 +183,11 @@ class SplitAlgorithm(Algorithm):
 def loss_value(loss: torch.Tensor) -> float:
     value = float(loss.detach())
     return value if math.isfinite(value) else math.nan
+
+
+def split_model_lazily(full_model, num_client_layers: int, head_placement: str):
+    """model.split_model, imported when a model is split, not with this module: the option checks
+    read every algorithm's rules before any work, and importing transformers (model/split.py) would
+    cost them seconds (`fedbiobert-run --help` included)."""
+    from fedbiobert.model.split import split_model
+    return split_model(full_model, num_client_layers, head_placement)

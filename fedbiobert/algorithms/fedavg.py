@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from fedbiobert.algorithms.base import Algorithm, ClientTrainer, StepResult, loss_value
+from fedbiobert.algorithms.base import Algorithm, ClientTrainer, StepResult, loss_value, split_model_lazily
 from fedbiobert.config import ConfigError
-from fedbiobert.model import gather_masked, masked_positions, mlm_loss, split_model
+from fedbiobert.model.mlm import gather_masked, masked_positions, mlm_loss
 from fedbiobert.precision import autocast
 
 
@@ -25,8 +25,8 @@ def full_model_loss(model, batch, precision: str) -> torch.Tensor:
 
 
 class FullModelClient(ClientTrainer):
-    def __init__(self, algorithm, model, client_id: int):
-        self.model, self.client_id = model, client_id
+    def __init__(self, algorithm, model, silo_id: int):
+        self.model, self.silo_id = model, silo_id
         self.precision = algorithm.config.precision
         self.stepper = algorithm.stepper(model)
 
@@ -35,7 +35,7 @@ class FullModelClient(ClientTrainer):
         self.stepper.backward(loss)
         self.stepper.step(global_step)
         return StepResult(global_loss=loss_value(loss), tokens=int(batch.attention_mask.sum()), step=global_step,
-                          client_id=self.client_id)
+                          silo_id=self.silo_id)
 
     def finish(self) -> list[StepResult]:
         return []
@@ -46,11 +46,11 @@ class FedAvg(Algorithm):
     summary = "full model on every client"
 
     def split(self, full_model):
-        client, _ = split_model(full_model, self.config.num_layers, "client")  # the whole model on the client
+        client, _ = split_model_lazily(full_model, self.config.num_layers, "client")  # the whole model on the client
         return client, None
 
-    def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FullModelClient:
-        return FullModelClient(self, model, client_id)
+    def client_trainer(self, model, channel, server_rank, silo_id, round_idx) -> FullModelClient:
+        return FullModelClient(self, model, silo_id)
 
 
 class Centralized(FedAvg):

@@ -32,13 +32,13 @@ from fedbiobert.algorithms.base import SplitAlgorithm, StepResult, loss_value
 from fedbiobert.algorithms.split_parts import SplitClient, SplitServerTrainer, expect, server_output
 from fedbiobert.config import ConfigError, server_schedule_for
 from fedbiobert.comm.messages import Kind, Message
-from fedbiobert.model import gather_masked, mlm_loss
+from fedbiobert.model.mlm import gather_masked, mlm_loss
 from fedbiobert.precision import autocast
 
 
 class FedBERTClient(SplitClient):
-    def __init__(self, algorithm, model, channel, server_rank: int, client_id: int, round_idx: int):
-        super().__init__(algorithm, model, channel, server_rank, client_id, round_idx)
+    def __init__(self, algorithm, model, channel, server_rank: int, silo_id: int, round_idx: int):
+        super().__init__(algorithm, model, channel, server_rank, silo_id, round_idx)
         self.stepper = algorithm.stepper(model)
         # The exchange of the current step still open with the server, for abandon(): (step, what comes
         # next: "output" to receive and answer, "grad" to receive) or None. Between taking the OUTPUT and
@@ -59,7 +59,7 @@ class FedBERTClient(SplitClient):
         self.stepper.backward(hidden, reply.tensors[0])  # cast to hidden's dtype (bf16 under autocast)
         self.stepper.step(global_step)
         return StepResult(global_loss=global_loss, tokens=int(batch.attention_mask.sum()), step=global_step,
-                          client_id=self.client_id)
+                          silo_id=self.silo_id)
 
     def finish(self) -> list[StepResult]:
         self.channel.flush()
@@ -104,14 +104,14 @@ class FedBERTServer(SplitServerTrainer):
         value = loss_value(final_loss)
         self.reply(message, Kind.GRAD, [self._cut_grad(cut_input)], (math.nan, value))
         self.stepper.step(message.step)
-        return StepResult(global_loss=value, tokens=int(mask.sum()), step=message.step, client_id=message.client_id)
+        return StepResult(global_loss=value, tokens=int(mask.sum()), step=message.step, silo_id=message.silo_id)
 
     def on_grad(self, message: Message) -> StepResult:
         cut_input, output = self.awaiting_grad.pop((message.source, message.step))
         self.stepper.backward(output, message.tensors[0])  # cast to the output's dtype (bf16 under autocast)
         self.reply(message, Kind.GRAD, [self._cut_grad(cut_input)])  # paired with FedBERTClient.step
         self.stepper.step(message.step)
-        return StepResult(global_loss=message.scalars[1], step=message.step, client_id=message.client_id)
+        return StepResult(global_loss=message.scalars[1], step=message.step, silo_id=message.silo_id)
 
     def _cut_grad(self, cut_input) -> torch.Tensor:
         """The gradient at the cut for the client, unscaled (fp16) before the step updates the scale."""
@@ -149,8 +149,8 @@ class FedBERT(SplitAlgorithm):
     def server_takes_turns(self) -> bool:
         return server_schedule_for(self.config, self.session.launch.world_size) == "sequential"
 
-    def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FedBERTClient:
-        return FedBERTClient(self, model, channel, server_rank, client_id, round_idx)
+    def client_trainer(self, model, channel, server_rank, silo_id, round_idx) -> FedBERTClient:
+        return FedBERTClient(self, model, channel, server_rank, silo_id, round_idx)
 
     def server_trainer(self, model, channel, round_idx) -> FedBERTServer:
         return FedBERTServer(self, model, channel, round_idx)

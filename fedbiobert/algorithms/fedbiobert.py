@@ -35,7 +35,8 @@ from fedbiobert.algorithms.base import SplitAlgorithm, StepResult, loss_value
 from fedbiobert.algorithms.split_parts import SplitClient, SplitServerTrainer, server_output
 from fedbiobert.algorithms.stepper import Stepper
 from fedbiobert.comm.messages import Kind, Message
-from fedbiobert.model import gather_masked, keep_forward, mlm_loss
+from fedbiobert.model.mlm import gather_masked, mlm_loss
+from fedbiobert.model.recompute import keep_forward
 from fedbiobert.precision import autocast
 
 
@@ -47,8 +48,8 @@ class _AwaitedOutput:
 
 
 class FedBioBERTClient(SplitClient):
-    def __init__(self, algorithm: "FedBioBERT", model, channel, server_rank: int, client_id: int, round_idx: int):
-        super().__init__(algorithm, model, channel, server_rank, client_id, round_idx)
+    def __init__(self, algorithm: "FedBioBERT", model, channel, server_rank: int, silo_id: int, round_idx: int):
+        super().__init__(algorithm, model, channel, server_rank, silo_id, round_idx)
         self.max_inflight = algorithm.config.max_inflight
         final_head = model.final_head if self.head_on_client else None
         # The trunk (embeddings, client layers, auxiliary head) and the final head step apart: the
@@ -73,7 +74,7 @@ class FedBioBERTClient(SplitClient):
         self.stepper.step(global_step)
         self.last_step = global_step
         return StepResult(local_loss=loss_value(local_loss), global_loss=_mean_or_none(global_losses),
-                          tokens=int(batch.attention_mask.sum()), step=global_step, client_id=self.client_id)
+                          tokens=int(batch.attention_mask.sum()), step=global_step, silo_id=self.silo_id)
 
     @property
     def steppers(self) -> list[Stepper]:
@@ -85,7 +86,7 @@ class FedBioBERTClient(SplitClient):
         still in flight are delivered while the next silo trains (the process flushes before it
         says ROUND_DONE), so there is no pipeline bubble between silos."""
         losses = self._settle_outputs(keep=0) if self.head_on_client else []
-        return [StepResult(global_loss=loss, step=self.last_step, client_id=self.client_id) for loss in losses]
+        return [StepResult(global_loss=loss, step=self.last_step, silo_id=self.silo_id) for loss in losses]
 
     def abandon(self) -> None:
         """Take every OUTPUT still owed to this silo and answer each with ABANDON instead of a GRAD."""
@@ -123,7 +124,7 @@ class FedBioBERTServer(SplitServerTrainer):
         self.stepper.backward(final_loss)
         self.stepper.step(message.step)
         return StepResult(global_loss=loss_value(final_loss), tokens=int(mask.sum()), step=message.step,
-                          client_id=message.client_id)
+                          silo_id=message.silo_id)
 
     def _forward_for_client_head(self, message: Message, hidden, mask, positions) -> None:
         """Forward, keep what the backward needs, send OUTPUT; backward when the GRAD comes.
@@ -151,7 +152,7 @@ class FedBioBERTServer(SplitServerTrainer):
         kept.backward(self.stepper.scaled(message.tensors[0].float()))  # fp16: times the loss scale
         self.stepper.step(message.step)
         return StepResult(global_loss=message.scalars[1], tokens=tokens, step=message.step,
-                          client_id=message.client_id)
+                          silo_id=message.silo_id)
 
 
 class FedBioBERT(SplitAlgorithm):
@@ -162,8 +163,8 @@ class FedBioBERT(SplitAlgorithm):
     supports_server_recompute = True  # the only server that keeps graphs across steps
     trains_aux_head = True
 
-    def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FedBioBERTClient:
-        return FedBioBERTClient(self, model, channel, server_rank, client_id, round_idx)
+    def client_trainer(self, model, channel, server_rank, silo_id, round_idx) -> FedBioBERTClient:
+        return FedBioBERTClient(self, model, channel, server_rank, silo_id, round_idx)
 
     def server_trainer(self, model, channel, round_idx) -> FedBioBERTServer:
         return FedBioBERTServer(self, model, channel, round_idx)

@@ -10,7 +10,7 @@ import torch
 
 from fedbiobert.algorithms.base import ClientTrainer, ServerTrainer, Stepper, StepResult, loss_value
 from fedbiobert.comm.messages import Control, Kind, Message
-from fedbiobert.model import gather_masked, masked_positions, mlm_loss
+from fedbiobert.model.mlm import gather_masked, masked_positions, mlm_loss
 from fedbiobert.precision import autocast
 
 NO_SCALARS = (math.nan, math.nan)
@@ -32,13 +32,13 @@ class SplitClient(SplitEnd, ClientTrainer):
     """A split client: sends its ACTIVATIONs to its server and, with the head on the client, answers
     each OUTPUT with the GRAD of its final head's loss (`holding_output`: one received, not yet answered)."""
 
-    def __init__(self, algorithm, model, channel, server_rank: int, client_id: int, round_idx: int):
+    def __init__(self, algorithm, model, channel, server_rank: int, silo_id: int, round_idx: int):
         super().__init__(algorithm, model, channel, round_idx)
-        self.server_rank, self.client_id = server_rank, client_id
+        self.server_rank, self.silo_id = server_rank, silo_id
         self.holding_output = False
 
     def send(self, kind: Kind, step: int, tensors, scalars=NO_SCALARS) -> None:
-        self.channel.send(Message(kind, client_id=self.client_id, round=self.round_idx, step=step,
+        self.channel.send(Message(kind, silo_id=self.silo_id, round=self.round_idx, step=step,
                                   scalars=scalars, tensors=tensors), self.server_rank)
 
     def forward_and_send(self, batch, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +81,7 @@ class SplitClient(SplitEnd, ClientTrainer):
         if not self.holding_output:
             expect(self.channel.recv(self.server_rank), Kind.OUTPUT, step, self.server_rank)
         self.holding_output = False
-        self.channel.send(abandon_message(self.client_id, self.round_idx, step), self.server_rank)
+        self.channel.send(abandon_message(self.silo_id, self.round_idx, step), self.server_rank)
 
 
 class SplitServerTrainer(SplitEnd, ServerTrainer):
@@ -141,7 +141,7 @@ class SplitServerTrainer(SplitEnd, ServerTrainer):
 
     def reply(self, message: Message, kind: Kind, tensors, scalars=NO_SCALARS) -> None:
         """Send `kind` about `message`'s batch back to the client process that sent it."""
-        self.channel.send(Message(kind, client_id=message.client_id, round=self.round_idx, step=message.step,
+        self.channel.send(Message(kind, silo_id=message.silo_id, round=self.round_idx, step=message.step,
                                   scalars=scalars, tensors=tensors), message.source)
 
     def finish(self) -> None:
@@ -165,9 +165,9 @@ def expect(message, kind, step: int, peer: int) -> None:
                            f"got {message.kind.name} of step {message.step}")
 
 
-def abandon_message(client_id: int, round_idx: int, step: int):
+def abandon_message(silo_id: int, round_idx: int, step: int):
     """What a client sends instead of the GRAD of a batch it will never answer."""
-    return Message(Kind.CONTROL, client_id=client_id, round=round_idx, step=step, control=Control.ABANDON)
+    return Message(Kind.CONTROL, silo_id=silo_id, round=round_idx, step=step, control=Control.ABANDON)
 
 
 def server_output(last_hidden: torch.Tensor, positions: torch.Tensor, full: bool) -> torch.Tensor:

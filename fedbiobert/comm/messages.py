@@ -5,7 +5,7 @@ dtype and shape), so a receiver can allocate buffers before the payload arrives 
 take headers from any client before it knows the payload's size.
 
 Header layout (int64 slots):
-    0 magic  1 kind  2 client_id  3 round  4 step  5 control  6 scalar0 (f64 bits)  7 scalar1
+    0 magic  1 kind  2 silo_id  3 round  4 step  5 control  6 scalar0 (f64 bits)  7 scalar1
     8 deliver_at (f64 bits: emulated-link delivery time, 0 = now)  9 num_tensors
     10.. per tensor: dtype code, ndim, MAX_DIMS dims
 """
@@ -53,7 +53,7 @@ class Control(IntEnum):
 @dataclass
 class Message:
     kind: Kind
-    client_id: int = -1
+    silo_id: int = -1
     round: int = -1
     step: int = -1
     control: Control = Control.NONE
@@ -78,7 +78,7 @@ def _bits_float(bits: int) -> float:
 def encode_header(message: Message) -> torch.Tensor:
     if len(message.tensors) > MAX_TENSORS:
         raise ValueError(f"a message carries at most {MAX_TENSORS} tensors, got {len(message.tensors)}")
-    slots = [MAGIC, int(message.kind), message.client_id, message.round, message.step,
+    slots = [MAGIC, int(message.kind), message.silo_id, message.round, message.step,
              int(message.control), _float_bits(message.scalars[0]), _float_bits(message.scalars[1]),
              _float_bits(message.deliver_at), len(message.tensors)]
     for tensor in message.tensors:
@@ -95,7 +95,7 @@ def decode_header(header: torch.Tensor) -> tuple[Message, list[tuple[torch.dtype
     slots = header.tolist()
     if slots[0] != MAGIC:
         raise ValueError(f"not a FedBioBERT message header (magic {slots[0]:#x})")
-    message = Message(kind=Kind(slots[1]), client_id=slots[2], round=slots[3], step=slots[4],
+    message = Message(kind=Kind(slots[1]), silo_id=slots[2], round=slots[3], step=slots[4],
                       control=Control(slots[5]), scalars=(_bits_float(slots[6]), _bits_float(slots[7])),
                       deliver_at=_bits_float(slots[8]))
     specs = []

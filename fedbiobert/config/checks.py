@@ -65,18 +65,18 @@ def _validate_server_output(config: Config) -> None:
 def _validate_fault_injection(config: Config) -> None:
     if config.silo_timeout is not None:
         _require(config.silo_timeout > 0, f"--silo_timeout {config.silo_timeout} must be positive (seconds)")
-    for (client_id, _), kind in config.fault_injections.items():
-        _require(client_id < config.n_clients, f"--inject_fault names client {client_id} but --n_clients is "
+    for (silo_id, _), kind in config.fault_injections.items():
+        _require(silo_id < config.n_clients, f"--inject_fault names client {silo_id} but --n_clients is "
                  f"{config.n_clients} (clients are numbered from 0)")
         if kind == "stall":
-            _validate_stall(config, client_id)
+            _validate_stall(config, silo_id)
 
 
-def _validate_stall(config: Config, client_id: int) -> None:
+def _validate_stall(config: Config, silo_id: int) -> None:
     _require(config.silo_timeout is not None,
-             f"--inject_fault {client_id}:ROUND:stall needs --silo_timeout (a stall is what it cuts off)")
+             f"--inject_fault {silo_id}:ROUND:stall needs --silo_timeout (a stall is what it cuts off)")
     _require(config.silo_timeout < config.comm_timeout,
-             f"--inject_fault {client_id}:ROUND:stall stalls for --silo_timeout {config.silo_timeout:g}s, "
+             f"--inject_fault {silo_id}:ROUND:stall stalls for --silo_timeout {config.silo_timeout:g}s, "
              f"which must be under --comm_timeout {config.comm_timeout:g}s (else the server gives up first)")
 
 

@@ -114,7 +114,7 @@ class Config:
                               "gradients in about --mlm_probability of the bytes); auto: full for fedbert, masked "
                               "for fedbiobert", choices=SERVER_OUTPUTS, group="model")
     # --- federation -------------------------------------------------------------------------
-    n_clients: int | None = _opt(None, "logical clients (silos) (default: 4; 1 for --algorithm centralized)",
+    n_clients: int | None = _opt(None, "silos (default: 4; 1 for --algorithm centralized)",
                                  group="federation")
     participation_ratio: float = _opt(1.0, "fraction of clients sampled each round, in (0, 1]",
                                       group="federation")
@@ -226,7 +226,8 @@ class Config:
     round_timeout: float = _opt(86400.0, "seconds a process that finished its part of a round may wait for the "
                                 "others at the round end (a round-sized bound: one process may have drawn no silo, "
                                 "another several)", group="device")
-    num_threads: int | None = _opt(None, "torch CPU threads per process (default: cores / local processes)",
+    num_threads: int | None = _opt(None, "torch CPU threads per process (default: the CPUs this process may run "
+                                   "on, its affinity, / local processes; an srun task's --cpus-per-task at most)",
                                    group="device")
     mmap_threshold_mb: float = _opt(1.0, "host allocations of at least this many MB get their own mmap, returned "
                                     "to the system when freed, so resident memory does not creep up with steps "
@@ -281,7 +282,7 @@ class Config:
 
     @property
     def fault_injections(self) -> dict[tuple[int, int], str]:
-        """(client_id, 0-based round) -> fault kind, from --inject_fault and --inject_nan_update."""
+        """(silo_id, 0-based round) -> fault kind, from --inject_fault and --inject_nan_update."""
         return {**parse_injections(self.inject_nan_update, "--inject_nan_update", default_kind="nan"),
                 **parse_injections(self.inject_fault, "--inject_fault")}
 
@@ -291,7 +292,7 @@ class Config:
 
     @property
     def steps_per_round(self) -> int:
-        """Optimizer steps one logical client takes in one communication round."""
+        """Optimizer steps one silo takes in one communication round."""
         return self.n_local_rounds * self.num_batch
 
     @property

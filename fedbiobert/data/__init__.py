@@ -4,7 +4,7 @@ from fedbiobert.data.corpus import (
     TEXT_SUFFIXES, Document, check_corpus_files, corpus_fingerprint, list_corpus_files, read_documents,
 )
 from fedbiobert.data.blocks import BlockStore
-from fedbiobert.data.loader import Batch, BatchLoader, client_batches, validation_batches
+from fedbiobert.data.loader import Batch, BatchLoader, silo_batches, validation_batches
 from fedbiobert.data.masking import MaskingSpec, mask_tokens
 from fedbiobert.data.partition import PARTITION_SCHEMES, partition, split_validation, validation_sample
 from fedbiobert.data.token_cache import TokenizedCorpus, load_or_build_token_cache
@@ -22,7 +22,7 @@ __all__ = [
     "build_tokenizer",
     "check_corpus_files",
     "check_tokenizer",
-    "client_batches",
+    "silo_batches",
     "corpus_fingerprint",
     "list_corpus_files",
     "load_or_build_token_cache",

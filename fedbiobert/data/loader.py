@@ -127,7 +127,7 @@ class BatchLoader:
         return iter(self.loader)
 
 
-def client_batches(
+def silo_batches(
     corpus: TokenizedCorpus,
     indices: torch.Tensor,
     batch_size: int,

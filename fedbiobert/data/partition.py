@@ -52,7 +52,7 @@ def validation_sample(corpus: TokenizedCorpus, val_idx: torch.Tensor, num_blocks
     files = np.unique(sources)
     by_file = [val[sources == file_index] for file_index in files]
     sizes = np.array([len(blocks) for blocks in by_file])
-    counts = clients_per_unit(sizes, num_blocks) if num_blocks >= len(files) else _largest_remainder(
+    counts = silos_per_unit(sizes, num_blocks) if num_blocks >= len(files) else _largest_remainder(
         sizes, num_blocks)
     chosen = [blocks[np.random.default_rng([seed, int(file_index)]).permutation(len(blocks))[:count]]
               for file_index, blocks, count in zip(files, by_file, counts)]
@@ -151,7 +151,7 @@ def _unit_parts(groups: list[np.ndarray], n_clients: int, scheme: str) -> list[n
     if n_clients <= len(groups):
         return _assign_whole_units(groups, n_clients)
     sizes = np.array([len(group) for group in groups])
-    seats = clients_per_unit(sizes, n_clients)
+    seats = silos_per_unit(sizes, n_clients)
     logger.debug("scheme %s: clients per unit %s for unit sizes %s", scheme, seats.tolist(), sizes.tolist())
     return [chunk for group, count in zip(groups, seats) for chunk in np.array_split(group, count)]
 
@@ -168,7 +168,7 @@ def _assign_whole_units(groups: list[np.ndarray], n_clients: int) -> list[np.nda
     return [np.concatenate(parts) for parts in assigned]
 
 
-def clients_per_unit(sizes: np.ndarray, n_clients: int) -> np.ndarray:
+def silos_per_unit(sizes: np.ndarray, n_clients: int) -> np.ndarray:
     """Seats per unit, proportional to size by largest remainder, each in [1, size].
 
     Requires ``len(sizes) <= n_clients <= sizes.sum()``.

@@ -81,7 +81,7 @@ PRESETS = {
         "tokens per run; full fine-tuning on NCBI-disease (1,000 training sentences, whole dev and test), "
         "probes on NCBI-disease, BC5CDR (first 1,000 sentences of each split) and medical abstracts",
         n_clients=2, n_comm_rounds=2, num_batch=20, batch_size=16, max_len=128, lr=1e-4, val_blocks=256,
-        head_warmup_fraction=0.0,  # measured: freezing the body for the new heads cost MLM loss (README)
+        head_warmup_fraction=0.0,  # measured: freezing the body for the new heads cost MLM loss (docs/parity.md)
         tasks=(Task("ncbi_disease", "ner/ncbi_disease", "conlleval_f1", max_train=1000, max_test=None, epochs=3),
                Task("bc5cdr", "ner/bc5cdr", "conlleval_f1", **_NER_SMALL, finetune=False),
                Task("medical_abstracts", "classification/medical_abstracts", "accuracy", max_train=1000,

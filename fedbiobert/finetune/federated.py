@@ -1,6 +1,6 @@
 """Federated fine-tuning: FedAvg of the whole model over silos (of the task head alone for a probe).
 
-Each round the engine's `Topology` samples the round's silos (`sample_clients`, via `clients_for`);
+Each round the engine's `Topology` samples the round's silos (`sample_silos`, via `silos_for`);
 every process trains its sampled silos in turn from the global weights with a fresh optimizer
 (stateless clients, as in FedAvg), adds each result to the engine's `WeightedSum` with the silo's
 number of examples as weight, and one sum across processes (identity for one process, an all-reduce
@@ -41,13 +41,13 @@ def build_topology(n_clients: int, participation_ratio: float, seed: int, world_
 
 
 def train_silo(model, examples: list, hyper: Hyper, rounds: int, local_epochs: int, round_idx: int,
-               seed: int, client_id: int, pad_id: int) -> list[float]:
+               seed: int, silo_id: int, pad_id: int) -> list[float]:
     """One silo's local epochs of round `round_idx`, from the weights the model holds now."""
     optimizer = finetune_optimizer(model, hyper)
     schedule = LinearSchedule(rounds * local_epochs * num_batches(len(examples), hyper.batch_size), hyper)
     first = round_idx * local_epochs
     return train_epochs(model, examples, hyper, optimizer, schedule, range(first, first + local_epochs),
-                        seed, client_id, pad_id)
+                        seed, silo_id, pad_id)
 
 
 def train_federated(model, silos: list[list], hyper: Hyper, rounds: int, local_epochs: int, seed: int,
@@ -61,12 +61,12 @@ def train_federated(model, silos: list[list], hyper: Hyper, rounds: int, local_e
     losses = []
     for round_idx in range(rounds):
         total = WeightedSum(global_state, averaged_keys)
-        chosen = topology.clients_for(topology.client_ranks[context.rank], round_idx)
-        for client_id in chosen:
+        chosen = topology.silos_for(topology.client_ranks[context.rank], round_idx)
+        for silo_id in chosen:
             model.load_state_dict(global_state)
-            losses += train_silo(model, silos[client_id], hyper, rounds, local_epochs, round_idx, seed,
-                                 client_id, pad_id)
-            total.add(model.state_dict(), float(len(silos[client_id])))
+            losses += train_silo(model, silos[silo_id], hyper, rounds, local_epochs, round_idx, seed,
+                                 silo_id, pad_id)
+            total.add(model.state_dict(), float(len(silos[silo_id])))
         averaged = total.reduce(context.sum_across)
         global_state.update(averaged)
         model.load_state_dict(global_state)

@@ -81,15 +81,15 @@ def train_epoch(model, batches, optimizer, schedule, first_step: int, max_grad_n
 
 
 def train_epochs(model, examples: list, hyper: Hyper, optimizer, schedule, epochs: range, seed: int,
-                 client_id: int, pad_id: int) -> list[float]:
+                 silo_id: int, pad_id: int) -> list[float]:
     """Epochs `epochs` (global indices, for seeds and the schedule) of one silo's examples."""
     steps_per_epoch = num_batches(len(examples), hyper.batch_size)
     losses = []
     for epoch in epochs:
-        seed_torch(seed, "dropout", client_id, epoch)
-        batches = training_batches(examples, hyper.batch_size, derive_seed(seed, "order", client_id, epoch), pad_id)
+        seed_torch(seed, "dropout", silo_id, epoch)
+        batches = training_batches(examples, hyper.batch_size, derive_seed(seed, "order", silo_id, epoch), pad_id)
         losses += train_epoch(model, batches, optimizer, schedule, epoch * steps_per_epoch, hyper.max_grad_norm,
-                              desc=f"silo {client_id} epoch {epoch + 1}")
+                              desc=f"silo {silo_id} epoch {epoch + 1}")
     return losses
 
 

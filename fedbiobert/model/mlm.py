@@ -6,11 +6,16 @@ vocabulary projection ([M,H] x [H,V]) is what dominates a small model's cost, so
 split code applies heads to the M masked rows only, never to all B*T positions.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional
-from transformers import PreTrainedModel
+
+if TYPE_CHECKING:  # only a type here: importing transformers costs seconds the option checks need not pay
+    from transformers import PreTrainedModel
 
 from fedbiobert.constants import IGNORE_INDEX
 

@@ -1,6 +1,6 @@
 """The client-process loop: train this process's sampled silos in turn, then FedAvg the client parts.
 
-One client process hosts several logical clients (silos) when n_clients exceeds the client
+One client process hosts several silos when n_clients exceeds the client
 processes. Per round, for each sampled silo hosted here: load the global client part (and the
 silo's private tensors, if embeddings/heads are not averaged), train it for
 n_local_rounds x num_batch steps through the algorithm's ClientTrainer, and add its weights to a
@@ -75,19 +75,19 @@ class ClientProcess(RoleProcess):
     # --- one round ---------------------------------------------------------------------------------
     def train_round(self, round_idx: int) -> None:
         weighted_sum = WeightedSum(self.global_state, self.federated_keys)
-        trained_silos = self.topology.clients_for(self.rank, round_idx)
+        trained_silos = self.topology.silos_for(self.rank, round_idx)
         if self.algorithm.server_takes_turns:
             self._wait_for_turn(round_idx)
         self.silos_sampled, self.silos_reported = len(trained_silos), 0
-        for client_id in trained_silos:
-            self._load_client(client_id)
-            problem = self._train_client(client_id, round_idx)
+        for silo_id in trained_silos:
+            self._load_silo(silo_id)
+            problem = self._train_silo(silo_id, round_idx)
             if problem is not None:
-                self._drop_silo(client_id, round_idx, problem)
+                self._drop_silo(silo_id, round_idx, problem)
                 continue
             trained = unique_state(self.model)
-            weighted_sum.add(trained, self.session.client_weight(client_id))
-            self._keep_private(client_id, trained)
+            weighted_sum.add(trained, self.session.silo_weight(silo_id))
+            self._keep_private(silo_id, trained)
             self.silos_reported += 1
         if self.channel is not None:
             # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
@@ -145,7 +145,7 @@ class ClientProcess(RoleProcess):
             return self.channel.wan.delivery_time(self.server_rank, state_bytes, time.time())
         return time.time() + self.wan.transfer_seconds(state_bytes)
 
-    def _train_client(self, client_id: int, round_idx: int) -> str | None:
+    def _train_silo(self, silo_id: int, round_idx: int) -> str | None:
         """Train one silo for this round; returns why its update is left out of the round, or None.
 
         A silo that raises, or is still training at --silo_timeout, is cut off at that point: its
@@ -153,33 +153,33 @@ class ClientProcess(RoleProcess):
         Losing a peer (PeerError) is not a silo's failure: that still ends the run, bounded.
         """
         config = self.config
-        seed_torch(config.manual_seed, "client-dropout", round_idx, self._seed_key(client_id),
+        seed_torch(config.manual_seed, "client-dropout", round_idx, self._seed_key(silo_id),
                    self._process_salt())
         self.model.train()
-        trainer = self.algorithm.client_trainer(self.model, self.channel, self.server_rank, client_id, round_idx)
-        fault = config.fault_injections.get((client_id, round_idx))
+        trainer = self.algorithm.client_trainer(self.model, self.channel, self.server_rank, silo_id, round_idx)
+        fault = config.fault_injections.get((silo_id, round_idx))
         started = time.time()
         try:
-            self._train_local_rounds(trainer, client_id, round_idx, fault, started)
+            self._train_local_rounds(trainer, silo_id, round_idx, fault, started)
         except (PeerError, NonFiniteError):
             raise
         except Exception as error:  # noqa: BLE001 -- any failure of one silo's own work
-            return self._abandon_silo(trainer, client_id, round_idx, error)
-        logger.debug("client %d round %d trained in %.2fs", client_id, round_idx + 1, time.time() - started)
+            return self._abandon_silo(trainer, silo_id, round_idx, error)
+        logger.debug("client %d round %d trained in %.2fs", silo_id, round_idx + 1, time.time() - started)
         if fault == "nan":  # chaos testing: a poisoned update
             next(self.model.parameters()).data.fill_(float("nan"))
         problem = self._nonfinite_problem(trainer)
         if problem is not None and config.on_nonfinite == "stop":
-            raise NonFiniteError(f"client {client_id} in round {round_idx + 1}: {problem}; stopping (the last "
+            raise NonFiniteError(f"client {silo_id} in round {round_idx + 1}: {problem}; stopping (the last "
                                  "checkpoint is intact; --on_nonfinite skip_client leaves such updates out instead)")
         return problem
 
-    def _train_local_rounds(self, trainer, client_id: int, round_idx: int, fault: str | None,
+    def _train_local_rounds(self, trainer, silo_id: int, round_idx: int, fault: str | None,
                             started: float) -> None:
         config = self.config
         deadline = None if config.silo_timeout is None else started + config.silo_timeout
         for local_round in range(config.n_local_rounds):
-            for batch_idx, batch in enumerate(self._batches(client_id, round_idx, local_round)):
+            for batch_idx, batch in enumerate(self._batches(silo_id, round_idx, local_round)):
                 global_step = round_idx * config.steps_per_round + local_round * config.num_batch + batch_idx
                 result = trainer.step(batch.to(self.session.device, non_blocking=self.non_blocking), global_step)
                 self._record(result, round_idx)
@@ -192,10 +192,10 @@ class ClientProcess(RoleProcess):
         for result in trainer.finish():
             self._record(result, round_idx)
 
-    def _abandon_silo(self, trainer, client_id: int, round_idx: int, error: Exception) -> str:
+    def _abandon_silo(self, trainer, silo_id: int, round_idx: int, error: Exception) -> str:
         expected = isinstance(error, (SiloTimeout, InjectedFault))
         logger.log(logging.WARNING if expected else logging.ERROR, "client %d in round %d: %s: %s",
-                   client_id, round_idx + 1, type(error).__name__, error, exc_info=not expected)
+                   silo_id, round_idx + 1, type(error).__name__, error, exc_info=not expected)
         trainer.abandon()
         self.model.zero_grad(set_to_none=True)  # nothing of this silo's last step reaches the next silo
         return f"{'timed out' if isinstance(error, SiloTimeout) else 'failed'}: {type(error).__name__}: {error}"
@@ -207,24 +207,24 @@ class ClientProcess(RoleProcess):
             return "its weights are NaN/inf"
         return None
 
-    def _drop_silo(self, client_id: int, round_idx: int, problem: str) -> None:
+    def _drop_silo(self, silo_id: int, round_idx: int, problem: str) -> None:
         """An unusable update is never averaged: this silo is left out of the round (--min_clients
         decides at round end whether enough silos reported)."""
-        logger.warning("client %d in round %d is left out of the average: %s", client_id, round_idx + 1, problem)
-        self.events.record("dropped", round=round_idx + 1, client_id=client_id, reason=problem)
+        logger.warning("client %d in round %d is left out of the average: %s", silo_id, round_idx + 1, problem)
+        self.events.record("dropped", round=round_idx + 1, silo_id=silo_id, reason=problem)
 
-    def _seed_key(self, client_id: int) -> int:
+    def _seed_key(self, silo_id: int) -> int:
         """What makes a silo's seeds differ: its id, or nothing with --client_seeds shared."""
-        return client_id if self.config.client_seeds == "distinct" else 0
+        return silo_id if self.config.client_seeds == "distinct" else 0
 
     def _process_salt(self) -> int:
         """--same_seed_process False gives every process its own dropout stream."""
         return 0 if self.config.same_seed_process else self.rank
 
-    def _batches(self, client_id: int, round_idx: int, local_round: int):
+    def _batches(self, silo_id: int, round_idx: int, local_round: int):
         config = self.config
-        seed = derive_seed(config.manual_seed, "batches", round_idx, self._seed_key(client_id), local_round)
-        return self.batch_loader.batches(self.session.client_indices[client_id], seed)
+        seed = derive_seed(config.manual_seed, "batches", round_idx, self._seed_key(silo_id), local_round)
+        return self.batch_loader.batches(self.session.silo_indices[silo_id], seed)
 
     def round_piece(self) -> RoundPiece:
         first_client = self.rank == self.topology.client_ranks[0]
@@ -234,24 +234,24 @@ class ClientProcess(RoleProcess):
                           silos_reported=self.silos_reported)
 
     # --- state ---------------------------------------------------------------------------------------
-    def _load_client(self, client_id: int) -> None:
-        load_unique_state(self.model, {**self.global_state, **self.private_states.get(client_id, {})})
+    def _load_silo(self, silo_id: int) -> None:
+        load_unique_state(self.model, {**self.global_state, **self.private_states.get(silo_id, {})})
 
-    def _keep_private(self, client_id: int, trained: dict) -> None:
+    def _keep_private(self, silo_id: int, trained: dict) -> None:
         private_keys = set(trained) - set(self.federated_keys)
         private_keys = {key for key in private_keys if trained[key].is_floating_point()}
         if not self.config.fedavg_embedding_head and private_keys:
-            self.private_states[client_id] = cpu_state({key: trained[key] for key in private_keys})
+            self.private_states[silo_id] = cpu_state({key: trained[key] for key in private_keys})
 
     def _apply_resume(self, resume: dict | None) -> None:
         if resume is None:
             return
         self.global_state.update(resume["client_state"])
-        mine = set(self.topology.clients_at(self.rank))
+        mine = set(self.topology.silos_at(self.rank))
         self.private_states = {cid: s for cid, s in resume["private_states"].items() if cid in mine}
 
     def _record(self, result, round_idx: int) -> None:
-        self.events.record("step", round=round_idx + 1, step=result.step, client_id=result.client_id,
+        self.events.record("step", round=round_idx + 1, step=result.step, silo_id=result.silo_id,
                            local_loss=result.local_loss, global_loss=result.global_loss, tokens=result.tokens,
                            bytes_sent=self.byte_counter.total("sent"),
                            bytes_received=self.byte_counter.total("received"))

@@ -35,7 +35,7 @@ class RoundPiece:
     model_bytes_received: int = 0
     client_state: dict | None = None           # the global client part (first client rank only)
     server_state: dict | None = None           # this server's replica (after FedAvg if enabled)
-    private_states: dict[int, dict] = field(default_factory=dict)  # client_id -> non-federated tensors
+    private_states: dict[int, dict] = field(default_factory=dict)  # silo_id -> non-federated tensors
     seconds: dict[str, float] = field(default_factory=dict)  # compute / wait / comm / elapsed this round
     silos_sampled: int = 0       # client processes: silos sampled here this round
     silos_reported: int = 0      # ... and those whose update went into the average
@@ -140,7 +140,7 @@ class RoundWriter:
         private = state["private_states"]
         if private:
             ids = sorted(private)
-            weights = [self.session.client_weight(cid) for cid in ids]
+            weights = [self.session.silo_weight(cid) for cid in ids]
             export.update(weighted_average([private[cid] for cid in ids], weights))
         return export
 
@@ -156,7 +156,7 @@ class RoundWriter:
         clients = [piece for piece in pieces if piece.role == "client"]
         return {
             "event": "round", "round": round_idx + 1, "step": None, "role": "coordinator", "rank": 0,
-            "client_id": None, "seconds": round(now - self.session.start_time, 4),
+            "silo_id": None, "seconds": round(now - self.session.start_time, 4),
             "local_loss": mean(event["local_loss"] for event in steps if event["role"] == "client"),
             "global_loss": mean(event["global_loss"] for event in steps if event["role"] == global_role),
             "val_loss": val_loss, "val_perplexity": _perplexity(val_loss),
@@ -168,7 +168,7 @@ class RoundWriter:
             "bytes_received": sum(piece.bytes_received for piece in clients),  # server -> client (down)
             "model_bytes_sent": sum(piece.model_bytes_sent for piece in clients),  # ... of which FedAvg's
             "model_bytes_received": sum(piece.model_bytes_received for piece in clients),
-            "clients": sorted({event["client_id"] for event in steps if event["role"] == "client"}),
+            "clients": sorted({event["silo_id"] for event in steps if event["role"] == "client"}),
             "time_breakdown": time_breakdown(pieces),
             "memory": memory_by_role(pieces),
             "clients_sampled": sum(piece.silos_sampled for piece in pieces),

@@ -124,7 +124,7 @@ class ServerProcess(RoleProcess):
 
     def _record(self, result, round_idx: int) -> None:
         self.tokens_seen += result.tokens
-        self.events.record("step", round=round_idx + 1, step=result.step, client_id=result.client_id,
+        self.events.record("step", round=round_idx + 1, step=result.step, silo_id=result.silo_id,
                            global_loss=result.global_loss, tokens=result.tokens,
                            bytes_sent=self.byte_counter.total("sent"),
                            bytes_received=self.byte_counter.total("received"))
@@ -132,4 +132,4 @@ class ServerProcess(RoleProcess):
             elapsed = max(1e-9, time.time() - self.started)
             step_in_round = result.step - round_idx * self.config.steps_per_round
             self.writer.progress.step(round_idx, step_in_round, result.global_loss, self.tokens_seen / elapsed,
-                                      result.client_id)
+                                      result.silo_id)

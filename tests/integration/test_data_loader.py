@@ -6,7 +6,7 @@ import multiprocessing
 import pytest
 import torch
 
-from fedbiobert.data.loader import Batch, BatchLoader, client_batches, sample_plan, validation_batches
+from fedbiobert.data.loader import Batch, BatchLoader, silo_batches, sample_plan, validation_batches
 from fedbiobert.data.masking import IGNORE_INDEX, MaskingSpec
 from fedbiobert.data.token_cache import TokenizedCorpus
 
@@ -46,7 +46,7 @@ def as_tuples(batches) -> list[tuple[list, list, list]]:
 def test_exact_number_of_masked_batches_from_the_given_blocks():
     corpus = fake_corpus()
     indices = torch.tensor([2, 5, 7, 11, 13, 17])
-    batches = list(client_batches(corpus, indices, batch_size=4, num_batches=3, spec=SPEC, seed=9))
+    batches = list(silo_batches(corpus, indices, batch_size=4, num_batches=3, spec=SPEC, seed=9))
     assert len(batches) == 3
     for batch in batches:
         assert batch.input_ids.shape == batch.labels.shape == (4, 16)
@@ -72,10 +72,10 @@ def test_plan_cycles_through_fresh_permutations():
 def test_batches_are_identical_for_any_num_workers():
     corpus = fake_corpus()
     indices = torch.arange(3, 19)
-    in_process = as_tuples(client_batches(corpus, indices, 4, 6, SPEC, seed=42, num_workers=0))
-    with_workers = as_tuples(client_batches(corpus, indices, 4, 6, SPEC, seed=42, num_workers=2))
+    in_process = as_tuples(silo_batches(corpus, indices, 4, 6, SPEC, seed=42, num_workers=0))
+    with_workers = as_tuples(silo_batches(corpus, indices, 4, 6, SPEC, seed=42, num_workers=2))
     assert in_process == with_workers
-    other_seed = as_tuples(client_batches(corpus, indices, 4, 6, SPEC, seed=43, num_workers=0))
+    other_seed = as_tuples(silo_batches(corpus, indices, 4, 6, SPEC, seed=43, num_workers=0))
     assert other_seed != in_process
 
 
@@ -96,11 +96,11 @@ def test_one_loader_serves_every_silo_and_round_with_the_same_workers(num_worker
                 next(passes)  # a silo cut off after one step: the next pass must not see its leftovers
                 continue
             got = as_tuples(passes)
-            assert got == as_tuples(client_batches(corpus, indices, 3, 4, SPEC, seed=round_seed * 10 + silo))
+            assert got == as_tuples(silo_batches(corpus, indices, 3, 4, SPEC, seed=round_seed * 10 + silo))
             now = {child.pid for child in multiprocessing.active_children()} - before
             assert len(now) == num_workers and (workers is None or now == workers)
             workers = now
-    assert as_tuples(loader.batches(silos[1], seed=51)) == as_tuples(client_batches(corpus, silos[1], 3, 4, SPEC, 51))
+    assert as_tuples(loader.batches(silos[1], seed=51)) == as_tuples(silo_batches(corpus, silos[1], 3, 4, SPEC, 51))
 
 
 def test_each_pass_advances_the_global_generator_as_a_fresh_data_loader_did():
@@ -123,17 +123,17 @@ def test_each_pass_advances_the_global_generator_as_a_fresh_data_loader_did():
 
 def test_zero_batches_and_bad_arguments():
     corpus = fake_corpus()
-    assert list(client_batches(corpus, torch.arange(4), 2, 0, SPEC, seed=0)) == []
+    assert list(silo_batches(corpus, torch.arange(4), 2, 0, SPEC, seed=0)) == []
     with pytest.raises(ValueError, match="batch_size 0 is invalid"):
-        client_batches(corpus, torch.arange(4), 0, 1, SPEC, seed=0)
+        silo_batches(corpus, torch.arange(4), 0, 1, SPEC, seed=0)
     with pytest.raises(ValueError, match="num_workers -1 is invalid"):
-        client_batches(corpus, torch.arange(4), 2, 1, SPEC, seed=0, num_workers=-1)
+        silo_batches(corpus, torch.arange(4), 2, 1, SPEC, seed=0, num_workers=-1)
     with pytest.raises(ValueError, match="indices is empty but 2 batches were asked for"):
-        client_batches(corpus, torch.tensor([], dtype=torch.int64), 2, 2, SPEC, seed=0)
+        silo_batches(corpus, torch.tensor([], dtype=torch.int64), 2, 2, SPEC, seed=0)
 
 
 def test_batch_to_device_returns_a_new_batch():
-    batch = next(iter(client_batches(fake_corpus(), torch.arange(4), 2, 1, SPEC, seed=0)))
+    batch = next(iter(silo_batches(fake_corpus(), torch.arange(4), 2, 1, SPEC, seed=0)))
     moved = batch.to("cpu", non_blocking=True)
     assert moved is not batch and torch.equal(moved.input_ids, batch.input_ids)
     assert torch.equal(moved.labels, batch.labels) and torch.equal(moved.attention_mask, batch.attention_mask)

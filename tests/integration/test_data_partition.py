@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedbiobert.data.partition import clients_per_unit, partition, split_validation, validation_sample
+from fedbiobert.data.partition import silos_per_unit, partition, split_validation, validation_sample
 from fedbiobert.data.token_cache import TokenizedCorpus
 
 
@@ -97,10 +97,10 @@ def test_by_file_eight_clients_over_six_files_splits_large_files():
 
 
 def test_clients_per_unit_largest_remainder():
-    assert clients_per_unit(np.array([7, 5]), 5).tolist() == [3, 2]  # quotas 2.92, 2.08
-    assert clients_per_unit(np.array([6, 3, 4]), 5).tolist() == [2, 1, 2]  # 2.31, 1.15, 1.54
-    assert clients_per_unit(np.array([1, 1, 10]), 5).tolist() == [1, 1, 3]  # floor at one seat
-    seats = clients_per_unit(np.array([2, 3, 40, 1]), 30)
+    assert silos_per_unit(np.array([7, 5]), 5).tolist() == [3, 2]  # quotas 2.92, 2.08
+    assert silos_per_unit(np.array([6, 3, 4]), 5).tolist() == [2, 1, 2]  # 2.31, 1.15, 1.54
+    assert silos_per_unit(np.array([1, 1, 10]), 5).tolist() == [1, 1, 3]  # floor at one seat
+    seats = silos_per_unit(np.array([2, 3, 40, 1]), 30)
     assert seats.sum() == 30 and (seats >= 1).all() and (seats <= [2, 3, 40, 1]).all()
 
 

@@ -52,9 +52,9 @@ def test_two_silos_average_weighted_by_examples(setup):
     topology = build_topology(n_clients=2, participation_ratio=1.0, seed=1, world_size=1)
     train_federated(federated, silos, hyper, rounds=1, local_epochs=1, seed=1, pad_id=pad_id, topology=topology)
     trained = []
-    for client_id, silo in enumerate(silos):
+    for silo_id, silo in enumerate(silos):
         local = copy.deepcopy(model)
-        train_silo(local, silo, hyper, rounds=1, local_epochs=1, round_idx=0, seed=1, client_id=client_id,
+        train_silo(local, silo, hyper, rounds=1, local_epochs=1, round_idx=0, seed=1, silo_id=silo_id,
                    pad_id=pad_id)
         trained.append(local.state_dict())
     expected = weighted_average(trained, [6.0, 14.0])
@@ -64,4 +64,4 @@ def test_two_silos_average_weighted_by_examples(setup):
 
 def test_participation_samples_with_the_engine_topology():
     topology = build_topology(n_clients=8, participation_ratio=0.25, seed=0, world_size=1)
-    assert len(topology.clients_for(0, 0)) == 2
+    assert len(topology.silos_for(0, 0)) == 2

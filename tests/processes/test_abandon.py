@@ -26,9 +26,9 @@ def _serve_and_record(algorithm, server, channel, out_dir):
         message = channel.recv(None)
         if message.kind is Kind.CONTROL and message.control is Control.ROUND_DONE:
             break
-        if message.client_id == 1 and moved_by_failed_silo is None:  # the next silo's first message
+        if message.silo_id == 1 and moved_by_failed_silo is None:  # the next silo's first message
             moved_by_failed_silo = _moved(initial, server)
-        if message.client_id == 1 and message.kind is Kind.ACTIVATION:
+        if message.silo_id == 1 and message.kind is Kind.ACTIVATION:
             trained_sequences += message.tensors[0].shape[0]
         trainer.handle(message)
     trainer.finish()  # raises if a batch still awaits its GRAD
@@ -58,7 +58,7 @@ def _worker(rank, world_size, options, corpus_dir, cache_dir, out_dir):
     if rank == 0:
         _serve_and_record(algorithm, server, channel, out_dir)
     else:
-        failed = algorithm.client_trainer(client, channel, 0, client_id=0, round_idx=0)
+        failed = algorithm.client_trainer(client, channel, 0, silo_id=0, round_idx=0)
         _failing_final_head(client)  # fails when the first OUTPUT comes back: that OUTPUT is held
         with pytest.raises(RuntimeError, match="inside the final head"):
             for step, batch in enumerate(batches):
@@ -66,7 +66,7 @@ def _worker(rank, world_size, options, corpus_dir, cache_dir, out_dir):
             failed.finish()
         failed.abandon()
         client.zero_grad(set_to_none=True)
-        train_silo(algorithm, client, channel, batches, client_id=1)  # the next silo, served normally
+        train_silo(algorithm, client, channel, batches, silo_id=1)  # the next silo, served normally
         end_round(channel)
     shutdown()
 

@@ -89,9 +89,9 @@ def test_fedavg_of_identical_clients_equals_centralized(tmp_path):
                            "--data_dir", str(tmp_path / "single"), "--output_dir", str(tmp_path / "central")], cache)
     assert central.returncode == 0, central.stderr[-3000:]
 
-    def losses(output, client_id):
+    def losses(output, silo_id):
         return [(e["round"], e["step"], e["global_loss"]) for e in read_events(output)
-                if e["event"] == "step" and e["client_id"] == client_id]
+                if e["event"] == "step" and e["silo_id"] == silo_id]
 
     reference = losses(tmp_path / "central", 0)
     assert len(reference) == 6

@@ -34,7 +34,7 @@ def _exchange_worker(rank, world_size, out_dir):
         result = {"seen": seen, "bytes": channel.bytes.as_dict()}
     else:  # client: send 2 activations, read both outputs back, then say ROUND_DONE
         for step in range(2):
-            channel.send(Message(Kind.ACTIVATION, client_id=rank, step=step,
+            channel.send(Message(Kind.ACTIVATION, silo_id=rank, step=step,
                                  tensors=[torch.full((2, 3), float(rank * 10 + step)), torch.arange(step + 1)]), 0)
         outputs = [channel.recv(0) for _ in range(2)]
         assert [o.step for o in outputs] == [0, 1]

@@ -84,7 +84,7 @@ def _worker(rank, world_size, corpus_dir, cache_dir, out_dir):
         if rank == 0:
             _serve(algorithm, server, channel, topology.client_ranks)
         else:
-            train_silo(algorithm, client, channel, batches, client_id=rank - 1)
+            train_silo(algorithm, client, channel, batches, silo_id=rank - 1)
             end_round(channel)
         report["shapes"][f"{algorithm_name}-{head}"] = [
             [op, peer, names.get(id(group), repr(group)), _is_header(tensor)] for op, peer, group, tensor in calls]

@@ -76,11 +76,11 @@ def _build_and_record(rank, world_size, corpus, cache, output, results):
     else:
         from fedbiobert.data import BatchLoader  # one pass over every silo this process hosts
         loader = BatchLoader(session.corpus, 2, 2, session.masking)
-        for client_id in topology.clients_at(rank):
-            assert len(list(loader.batches(session.client_indices[client_id], seed=client_id))) == 2
-    torch.save({"held": session.corpus.blocks.held_rows, "parts": session.client_indices,
+        for silo_id in topology.silos_at(rank):
+            assert len(list(loader.batches(session.silo_indices[silo_id], seed=silo_id))) == 2
+    torch.save({"held": session.corpus.blocks.held_rows, "parts": session.silo_indices,
                 "val_indices": session.val_indices, "val_sample": session.val_sample,
-                "hosted": topology.clients_at(rank) if rank else []}, results / f"{rank}.pt")
+                "hosted": topology.silos_at(rank) if rank else []}, results / f"{rank}.pt")
     shutdown()
 
 

@@ -47,7 +47,7 @@ def test_dropout_with_survivors_at_or_above_min_clients_completes_the_round(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     events = read_events(output)
     dropped = [e for e in events if e["event"] == "dropped"]
-    assert [(e["round"], e["client_id"]) for e in dropped] == [(1, 1)]
+    assert [(e["round"], e["silo_id"]) for e in dropped] == [(1, 1)]
     rounds = [e for e in events if e["event"] == "round"]
     assert [(e["clients_sampled"], e["clients_reported"]) for e in rounds] == [(4, 3), (4, 4)]
     assert rounds[0]["val_loss"] is not None and rounds[0]["val_loss"] < 100  # no NaN reached the global model

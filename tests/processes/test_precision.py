@@ -75,7 +75,7 @@ def test_bf16_split_parts_forward_in_bf16_with_fp32_weights_and_loss(small_corpu
 def test_bf16_full_model_trainer_steps_under_autocast(small_corpus, cache_dir):
     """fedavg's (and centralized's) trainer: one real step, its forward in bf16, its weights fp32."""
     algorithm, model, _, batches, _ = build_split(small_corpus, cache_dir, 1, algorithm="fedavg", precision="bf16")
-    trainer = algorithm.client_trainer(model, None, None, client_id=0, round_idx=0)
+    trainer = algorithm.client_trainer(model, None, None, silo_id=0, round_idx=0)
     seen = _record_output_dtypes(_linears(model))
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     result = trainer.step(batches[0], 0)

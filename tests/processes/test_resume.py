@@ -16,7 +16,7 @@ COMMON = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "2",
 
 def _losses(output_dir, round_number):
     events = [e for e in read_events(output_dir) if e["round"] == round_number]
-    steps = sorted((e["role"], e["client_id"], e["step"], str(e["local_loss"]), str(e["global_loss"]))
+    steps = sorted((e["role"], e["silo_id"], e["step"], str(e["local_loss"]), str(e["global_loss"]))
                    for e in events if e["event"] == "step")
     val = [e["val_loss"] for e in events if e["event"] == "round"]
     return steps, val

@@ -19,7 +19,7 @@ SPLIT = [*TINY_MODEL, "--num_client_encoder", "1", "--num_server_encoder", "1", 
 def _rounds_and_drops(output):
     events = read_events(output)
     rounds = [(e["clients_sampled"], e["clients_reported"]) for e in events if e["event"] == "round"]
-    drops = {(e["round"], e["client_id"]): e["reason"] for e in events if e["event"] == "dropped"}
+    drops = {(e["round"], e["silo_id"]): e["reason"] for e in events if e["event"] == "dropped"}
     return rounds, drops
 
 

@@ -61,7 +61,7 @@ def capture_split_gradients(rank, world_size, options, capture_step, corpus_dir,
     if rank == 0:
         serve(algorithm, server, channel)
     else:
-        trainer = algorithm.client_trainer(client, channel, 0, client_id=0, round_idx=0)
+        trainer = algorithm.client_trainer(client, channel, 0, silo_id=0, round_idx=0)
         captured, current = {}, {}
 
         def capture(module):

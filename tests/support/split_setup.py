@@ -9,7 +9,7 @@ import torch
 from fedbiobert.algorithms import REGISTRY
 from fedbiobert.comm.channel import Channel
 from fedbiobert.config import Config
-from fedbiobert.data import MaskingSpec, build_tokenizer, client_batches, list_corpus_files, load_or_build_token_cache
+from fedbiobert.data import MaskingSpec, build_tokenizer, silo_batches, list_corpus_files, load_or_build_token_cache
 from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.model import ModelSpec, build_config, build_full_model
 from fedbiobert.optim import Schedule
@@ -32,8 +32,8 @@ def build_split(corpus_dir, cache_dir, steps: int, **options):
     session = types.SimpleNamespace(config=config, schedule=Schedule(steps, 0.0, 1e-3, 0.0))
     algorithm = REGISTRY[config.algorithm](session)
     client, server = algorithm.split(build_full_model(hf_config, seed=0))
-    batches = list(client_batches(corpus, torch.arange(len(corpus)), config.batch_size, steps,
-                                  MaskingSpec.from_tokenizer(tokenizer), seed=1))
+    batches = list(silo_batches(corpus, torch.arange(len(corpus)), config.batch_size, steps,
+                                MaskingSpec.from_tokenizer(tokenizer), seed=1))
     return algorithm, client, server, batches, hf_config
 
 
@@ -43,9 +43,9 @@ def two_process_channel() -> Channel:
     return channel
 
 
-def train_silo(algorithm, client, channel, batches, client_id: int = 0):
+def train_silo(algorithm, client, channel, batches, silo_id: int = 0):
     """Train one silo on `batches` against server rank 0 (round 0); returns its trainer."""
-    trainer = algorithm.client_trainer(client, channel, 0, client_id=client_id, round_idx=0)
+    trainer = algorithm.client_trainer(client, channel, 0, silo_id=silo_id, round_idx=0)
     for step, batch in enumerate(batches):
         trainer.step(batch, step)
     trainer.finish()

@@ -16,8 +16,8 @@ from fedbiobert.algorithms.fedavg import FedAvg, FullModelClient, full_model_los
 
 
 class FedProxClient(FullModelClient):
-    def __init__(self, algorithm, model, client_id: int):
-        super().__init__(algorithm, model, client_id)
+    def __init__(self, algorithm, model, silo_id: int):
+        super().__init__(algorithm, model, silo_id)
         self.mu = algorithm.mu
         # A trainer is built once the silo's model holds the round's global weights: those are w_round.
         self.anchor = [param.detach().clone() for param in self.stepper.parameters]
@@ -29,7 +29,7 @@ class FedProxClient(FullModelClient):
         self.stepper.backward(objective)
         self.stepper.step(global_step)
         return StepResult(local_loss=loss_value(objective), global_loss=loss_value(loss),
-                          tokens=int(batch.attention_mask.sum()), step=global_step, client_id=self.client_id)
+                          tokens=int(batch.attention_mask.sum()), step=global_step, silo_id=self.silo_id)
 
 
 class FedProx(FedAvg):
@@ -38,8 +38,8 @@ class FedProx(FedAvg):
     default_n_clients = 3
     mu = 0.01  # the proximal term's weight
 
-    def client_trainer(self, model, channel, server_rank, client_id, round_idx) -> FedProxClient:
-        return FedProxClient(self, model, client_id)
+    def client_trainer(self, model, channel, server_rank, silo_id, round_idx) -> FedProxClient:
+        return FedProxClient(self, model, silo_id)
 
 
 register(FedProx)

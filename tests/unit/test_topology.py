@@ -17,19 +17,19 @@ def test_roles_and_wiring_for_two_servers_and_four_client_processes():
 
 def test_silos_have_fixed_homes_and_every_process_hosts_several():
     topology = Topology(world_size=3, num_servers=1, n_clients=32, clients_per_round=32, seed=0)
-    assert topology.clients_at(1) == list(range(0, 32, 2))
-    assert topology.clients_at(2) == list(range(1, 32, 2))
+    assert topology.silos_at(1) == list(range(0, 32, 2))
+    assert topology.silos_at(2) == list(range(1, 32, 2))
     assert all(topology.home_rank(cid) == 1 + cid % 2 for cid in range(32))
 
 
 def test_sampling_is_deterministic_and_changes_between_rounds():
     topology = Topology(world_size=3, num_servers=1, n_clients=4, clients_per_round=2, seed=7)
-    rounds = [topology.sample_clients(r) for r in range(20)]
-    assert rounds == [Topology(3, 1, 4, 2, 7).sample_clients(r) for r in range(20)]
+    rounds = [topology.sample_silos(r) for r in range(20)]
+    assert rounds == [Topology(3, 1, 4, 2, 7).sample_silos(r) for r in range(20)]
     assert all(len(set(sample)) == 2 for sample in rounds)  # without replacement
     assert len({tuple(sample) for sample in rounds}) > 1
     # the draw does not depend on how many processes host the silos
-    assert rounds == [Topology(5, 1, 4, 2, 7).sample_clients(r) for r in range(20)]
+    assert rounds == [Topology(5, 1, 4, 2, 7).sample_silos(r) for r in range(20)]
 
 
 def test_sampling_is_uniform_over_silos_whatever_their_home_process():
@@ -38,13 +38,13 @@ def test_sampling_is_uniform_over_silos_whatever_their_home_process():
     the others with 1/3; uniform sampling draws every silo with probability 2/5."""
     topology = Topology(world_size=3, num_servers=1, n_clients=5, clients_per_round=2, seed=3)
     num_rounds = 20_000
-    counts = collections.Counter(cid for r in range(num_rounds) for cid in topology.sample_clients(r))
+    counts = collections.Counter(cid for r in range(num_rounds) for cid in topology.sample_silos(r))
     expected = num_rounds * 2 / 5
     standard_deviation = (num_rounds * 0.4 * 0.6) ** 0.5
-    for client_id in range(5):
-        assert abs(counts[client_id] - expected) < 4 * standard_deviation, (client_id, counts)
+    for silo_id in range(5):
+        assert abs(counts[silo_id] - expected) < 4 * standard_deviation, (silo_id, counts)
     # pairs are uniform too: each of the 10 pairs about 1/10 of the rounds
-    pairs = collections.Counter(tuple(topology.sample_clients(r)) for r in range(num_rounds))
+    pairs = collections.Counter(tuple(topology.sample_silos(r)) for r in range(num_rounds))
     assert len(pairs) == 10
     assert all(abs(count - num_rounds / 10) < 4 * (num_rounds * 0.1 * 0.9) ** 0.5 for count in pairs.values())
 
@@ -52,8 +52,8 @@ def test_sampling_is_uniform_over_silos_whatever_their_home_process():
 def test_clients_for_partitions_the_sample_between_processes():
     topology = Topology(world_size=4, num_servers=1, n_clients=10, clients_per_round=5, seed=1)
     for round_idx in range(5):
-        per_process = [topology.clients_for(rank, round_idx) for rank in topology.client_ranks]
-        assert sorted(sum(per_process, [])) == topology.sample_clients(round_idx)
+        per_process = [topology.silos_for(rank, round_idx) for rank in topology.client_ranks]
+        assert sorted(sum(per_process, [])) == topology.sample_silos(round_idx)
         for rank, silos in zip(topology.client_ranks, per_process):
             assert all(topology.home_rank(cid) == rank for cid in silos)
 

@@ -30,14 +30,18 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 ONE_NODE = ["--nodes=1", "--gpus-per-node=0", "--partition=debug", "--account=test", "--time=10"]
 
 
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+def _running(cluster):
+    """Start `cluster`, hand it to the tests, stop it whatever happened (a fixture's body)."""
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    yield from _running(SlurmCluster(tmp_path_factory.mktemp("slurm")))
 
 
 @pytest.fixture(scope="module")
@@ -175,12 +179,7 @@ class TwoNodeSlurm(SlurmCluster):
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    cluster = TwoNodeSlurm(tmp_path_factory.mktemp("slurm2"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(TwoNodeSlurm(tmp_path_factory.mktemp("slurm2")))
 
 
 TWO_NODES = ["--nodes=2", "--gpus-per-node=0", "--partition=debug", "--account=test", "--time=10"]

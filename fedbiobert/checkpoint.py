@@ -46,7 +46,7 @@ RESUME_MUST_MATCH = (
     "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size", "max_len",
     "n_clients", "participation_ratio", "num_servers", "fedavg_embedding_head", "fedavg_server_model",
     "fl_aggregate", "manual_seed", "client_seeds", "data", "tot_files", "partition_data", "dirichlet_alpha",
-    "label_suffix", "val_ratio", "val_blocks", "mlm_probability",
+    "label_suffix", "val_ratio", "val_blocks", "mlm_probability", "server_optimizer",
 )
 # Not --precision: master weights are fp32 in every precision, so a checkpoint means the same whatever
 # the compute dtype that trained it (a run may resume in another precision; see fedbiobert/precision.py).
@@ -253,6 +253,8 @@ def _comparable(key: str, value: Any) -> Any:
             return parse_fl_aggregate(value)["weighting"]  # FedAvg is the only scheme; its aliases are equal
         except ConfigError:
             return value
+    if key == "server_optimizer" and value is None:  # a checkpoint from before server optimisers: FedAvg
+        return "fedavg"
     if key == "data" and isinstance(value, str):
         return sorted({word for word in value.lower().split("-") if word})
     return value

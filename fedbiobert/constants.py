@@ -6,3 +6,5 @@ ARCHS = ("bert", "roberta")
 HEAD_PLACEMENTS = ("client", "server")
 PARTITION_SCHEMES = ("random", "by_file", "dirichlet", "label")
 IGNORE_INDEX = -100  # label of positions that are not predicted (HF / CrossEntropyLoss convention)
+# Server optimisers on averaged parts (server_optimizer.py): FedAvg, and FedOpt's three (Reddi et al. 2021).
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")

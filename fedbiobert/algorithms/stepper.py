@@ -94,3 +94,24 @@ class Stepper:
             logger.debug("fp16 loss scaler skipped a step at scale %g (%s); scale now %g", scale,
                          "a failure" if failed else "an overflow", self.scaler.get_scale())
         self._nonfinite_loss = False
+
+    # --- optimizer state kept across rounds (--keep_silo_optimizer, --keep_server_optimizer) ----------
+    def optimizer_state(self) -> dict:
+        """AdamW's moments and step counts, on the CPU (a silo's state waits there until its next round:
+        one copy per silo, never on the GPU)."""
+        return _to_cpu(self.optimizer.state_dict())
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Continue from `state` (load_state_dict moves it to the parameters' device); the learning
+        rate is set from the schedule at every step, so the saved one does not matter."""
+        self.optimizer.load_state_dict(state)
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(item) for item in value]
+    return value

@@ -10,6 +10,7 @@ Exit status 1 when at least one run failed (the others still run and are reporte
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(FEDBERT_SCHEDULES)}; default sequential)")
     parser.add_argument("--links", help="comma-separated link settings: none or MBIT_PER_S:LATENCY_MS "
                         "(default: the preset's, e.g. none,100:5)")
+    parser.add_argument("--run_flags", default="", help="run.py options added to every run (quoted), e.g. "
+                        "'--server_optimizer fedadam --server_lr 0.01'; the runs check them as usual")
     parser.add_argument("--cache_dir", type=Path, help="tokenizer and token cache given to every run")
     parser.add_argument("--run_timeout", type=float, help="seconds one run may take (default: the preset's)")
     parser.add_argument("--keep_models", action="store_true", help="keep each run's round exports and "
@@ -80,7 +83,10 @@ def choose_preset(args: argparse.Namespace) -> Preset:
         named.append(args.preset)
     if len(set(named)) > 1:
         raise BenchError(f"presets {' and '.join(sorted(set(named)))} were both asked for (give one)")
-    return PRESETS[named[0] if named else "quick"]
+    preset = PRESETS[named[0] if named else "quick"]
+    if args.run_flags:  # e.g. '--server_optimizer fedadam --server_lr 0.01': the same for every run
+        preset = dataclasses.replace(preset, extra_flags=preset.extra_flags + tuple(shlex.split(args.run_flags)))
+    return preset
 
 
 def plan(args: argparse.Namespace) -> tuple[Preset, list[RunSpec], RunnerSettings]:

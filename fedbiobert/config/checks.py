@@ -137,6 +137,19 @@ def _validate_optimisation(config: Config) -> None:
     _require(0 < config.body_lr_ratio <= 10, f"--body_lr_ratio {config.body_lr_ratio} is outside (0, 10]")
     _require(config.precision != "fp16" or config.on_cuda,
              "--precision fp16 needs CUDA (--on_cuda True); on CPU use bf16 or fp32")
+    _validate_server_optimizer(config)
+
+
+def _validate_server_optimizer(config: Config) -> None:
+    _require(0 < config.server_lr <= 100 and math.isfinite(config.server_lr),
+             f"--server_lr {config.server_lr} is outside (0, 100]")
+    for option in ("server_momentum", "server_beta1", "server_beta2"):
+        value = getattr(config, option)
+        _require(0 <= value < 1, f"--{option} {value} is outside [0, 1)")
+    _require(config.server_tau > 0, f"--server_tau {config.server_tau} must be positive")
+    _require(config.server_optimizer == "fedavg" or config.rules.exchanges_model,
+             f"--server_optimizer {config.server_optimizer} steps on averaged parts, and --algorithm "
+             f"{config.algorithm} averages none (accepted: fedavg)")
 
 
 def _validate_servers(config: Config) -> None:

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fedbiobert.constants import ARCHS, HEAD_PLACEMENTS, PARTITION_SCHEMES
+from fedbiobert.constants import ARCHS, HEAD_PLACEMENTS, PARTITION_SCHEMES, SERVER_OPTIMIZERS
 
 SERVER_SCHEDULES = ("auto", "parallel", "sequential")
+# --server_lr by --server_optimizer: FedAdam/FedYogi's 0.03 measured on the quick preset
+# (docs/federated-optimisation.md; 0.1 diverged); FedAvgM at 1 is FedAvg plus momentum (Hsu et al. 2019).
+DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 0.03, "fedyogi": 0.03}
 CLIENT_SEEDS = ("distinct", "shared")
 SERVER_OUTPUTS = ("auto", "full", "masked")
 COMM_DTYPES = ("fp32", "bf16", "fp16")
@@ -126,6 +129,26 @@ class Config:
     fedavg_server_model: bool = _opt(True, "average the server replicas each round", group="federation")
     fl_aggregate: str = _opt("scheme=federated_average", "aggregation: scheme=federated_average"
                              "[,weighting=samples|uniform]", group="federation")
+    server_optimizer: str | None = _opt(None, "how each averaged part (client parts; the whole model in fedavg; "
+                                        "server replicas when there are several) takes the round's average: "
+                                        "fedavg replaces it; fedavgm, fedadam, fedyogi step a server optimiser on "
+                                        "the pseudo-gradient (round-start weights - average), as in FedOpt (Reddi "
+                                        "et al. 2021) (default: fedadam where something is averaged, measured best; "
+                                        "fedavg for centralized)", choices=SERVER_OPTIMIZERS, group="federation")
+    server_lr: float | None = _opt(None, "the server optimiser's learning rate (default: 0.03 for fedadam and "
+                                   "fedyogi, measured; 1 for fedavgm, FedAvg plus momentum)", group="federation")
+    server_momentum: float = _opt(0.9, "fedavgm's momentum", group="federation")
+    server_beta1: float = _opt(0.9, "fedadam/fedyogi: first-moment decay", group="federation")
+    server_beta2: float = _opt(0.99, "fedadam/fedyogi: second-moment decay", group="federation")
+    server_tau: float = _opt(1e-3, "fedadam/fedyogi: adaptivity (added to the root of the second moment)",
+                             group="federation")
+    keep_silo_optimizer: bool = _opt(False, "each silo keeps its own AdamW moments from one round to the next "
+                                     "(saved with its private state; never averaged: they describe one silo's "
+                                     "data); False: a fresh optimiser each round, as FedAvg does", group="federation")
+    keep_server_optimizer: bool = _opt(False, "a server replica keeps its AdamW moments across rounds (one party "
+                                       "owns them; replicas' moments are not averaged). Off by default: a fresh "
+                                       "AdamW each round learned faster in the measured runs (docs/federated-"
+                                       "optimisation.md)", group="federation")
     num_device: int | None = _opt(None, "server processes, the first ranks (default: 1 for fedbiobert and "
                                   "fedbert, 0 for fedavg and centralized)", aliases=("num_servers",),
                                   group="federation")
@@ -237,6 +260,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.n_clients is None:  # implied by the algorithm, as --num_device is
             object.__setattr__(self, "n_clients", self.rules.default_n_clients)
+        if self.server_optimizer is None:  # FedAdam wherever something is averaged (measured best)
+            object.__setattr__(self, "server_optimizer", "fedadam" if self.rules.exchanges_model else "fedavg")
+        if self.server_lr is None:  # each optimiser's own scale: an adaptive step is not an update's multiple
+            object.__setattr__(self, "server_lr", DEFAULT_SERVER_LR[self.server_optimizer])
 
     @property
     def rules(self) -> type:

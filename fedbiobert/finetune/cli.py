@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from fedbiobert.atomic import write_json_atomically
+from fedbiobert.constants import SERVER_OPTIMIZERS
 from fedbiobert.config.options import parse_bool  # True/False (1/0, yes/no), as the engine's options
 from fedbiobert.finetune.errors import InputError
 from fedbiobert.finetune.federated import ProcessContext
@@ -60,6 +61,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
                        "encoder in eval mode. Cheap, and more sensitive to what pre-training put in the encoder")
     train.add_argument("--lr", type=float, help="peak learning rate (default 5e-5, 2e-5 for hidden >= 768; "
                        f"with --probe {PROBE_LR:g}: a head alone wants a much higher rate, 1e-3 to 1e-2)")
+    _add_federated_optimisation(train)
     train.add_argument("--batch_size", type=int, default=32)
     train.add_argument("--max_len", type=int, default=128, help="sub-tokens per example, specials included")
     train.add_argument("--warmup_ratio", type=float, default=0.1)
@@ -77,6 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="write the results as JSON to this file")
     add_finetune_arguments(parser)
     return parser
+
+
+def _add_federated_optimisation(group) -> None:
+    """The pre-training engine's server optimisers and kept silo optimisers (server_optimizer.py)."""
+    group.add_argument("--server_optimizer", choices=SERVER_OPTIMIZERS, default="fedavg",
+                       help="federated: how the round's average is taken (fedavg: replaces the model; fedavgm, "
+                       "fedadam, fedyogi: FedOpt's server step on the pseudo-gradient)")
+    group.add_argument("--server_lr", type=float, default=1.0, help="federated: the server optimiser's rate")
+    group.add_argument("--server_momentum", type=float, default=0.9, help="federated: fedavgm's momentum")
+    group.add_argument("--server_beta1", type=float, default=0.9, help="federated: fedadam/fedyogi first moment")
+    group.add_argument("--server_beta2", type=float, default=0.99, help="federated: fedadam/fedyogi second moment")
+    group.add_argument("--server_tau", type=float, default=1e-3, help="federated: fedadam/fedyogi adaptivity")
+    group.add_argument("--keep_silo_optimizer", type=parse_bool, nargs="?", const=True, default=False,
+                       metavar="True|False", help="federated: each silo keeps its AdamW moments across rounds")
+
+
+def _check_federated_optimisation(options) -> None:
+    _require(0 < options.server_lr <= 100, f"--server_lr {options.server_lr} (accepted: 0 < rate <= 100)")
+    for name in ("server_momentum", "server_beta1", "server_beta2"):
+        value = getattr(options, name)
+        _require(0 <= value < 1, f"--{name} {value} (accepted: 0 <= value < 1)")
+    _require(options.server_tau > 0, f"--server_tau {options.server_tau} (accepted: > 0)")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -98,6 +122,7 @@ def check_options(options) -> list[int]:
     _require(0 <= options.warmup_ratio < 1, f"--warmup_ratio {options.warmup_ratio} (accepted: 0 <= ratio < 1)")
     _require(options.lr is None or options.lr > 0, f"--lr {options.lr} (accepted: > 0)")
     _require(options.patience >= 0, f"--patience {options.patience} (accepted: >= 0)")
+    _check_federated_optimisation(options)
     if options.seeds is None:
         return [options.seed]
     try:

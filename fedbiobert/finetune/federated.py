@@ -2,9 +2,12 @@
 
 Each round the engine's `Topology` samples the round's silos (`sample_silos`, via `silos_for`);
 every process trains its sampled silos in turn from the global weights with a fresh optimizer
-(stateless clients, as in FedAvg), adds each result to the engine's `WeightedSum` with the silo's
-number of examples as weight, and one sum across processes (identity for one process, an all-reduce
-under torchrun, `comm.Collectives`) gives every process the new global weights.
+(stateless clients, as in FedAvg; `--keep_silo_optimizer` keeps each silo's AdamW moments instead),
+adds each result to the engine's `WeightedSum` with the silo's number of examples as weight, and one
+sum across processes (identity for one process, an all-reduce under torchrun, `comm.Collectives`)
+gives every process the average. The pre-training engine's server optimiser then takes it
+(`--server_optimizer`: fedavg replaces the weights by it; fedavgm, fedadam, fedyogi step on the
+pseudo-gradient, as in FedOpt, server_optimizer.py), identically on every process.
 
 The learning rate of a silo follows one linear schedule over all its rounds x local epochs, so one
 silo, one round and E local epochs retrace E centralized epochs exactly.
@@ -20,6 +23,7 @@ import torch
 from fedbiobert.aggregate import WeightedSum
 from fedbiobert.finetune.batching import num_batches
 from fedbiobert.finetune.train import Hyper, LinearSchedule, finetune_optimizer, train_epochs
+from fedbiobert.server_optimizer import ServerOptimizer, ServerOptimizerSettings
 from fedbiobert.topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -40,35 +44,58 @@ def build_topology(n_clients: int, participation_ratio: float, seed: int, world_
                     clients_per_round=clients_per_round, seed=seed)
 
 
+@dataclass
+class FederatedOptimisation:
+    """How the averaged model and the silos' optimisers carry over from round to round."""
+    server: ServerOptimizerSettings = ServerOptimizerSettings()
+    keep_silo_optimizer: bool = False
+
+    @classmethod
+    def from_options(cls, options) -> "FederatedOptimisation":
+        return cls(ServerOptimizerSettings(options.server_optimizer, options.server_lr, options.server_momentum,
+                                           options.server_beta1, options.server_beta2, options.server_tau),
+                   options.keep_silo_optimizer)
+
+
 def train_silo(model, examples: list, hyper: Hyper, rounds: int, local_epochs: int, round_idx: int,
-               seed: int, silo_id: int, pad_id: int) -> list[float]:
-    """One silo's local epochs of round `round_idx`, from the weights the model holds now."""
+               seed: int, silo_id: int, pad_id: int, optimizer_state: dict | None = None):
+    """One silo's local epochs of round `round_idx`, from the weights the model holds now (and from
+    `optimizer_state`, its AdamW of the last round, if kept): (losses, the optimizer's state)."""
     optimizer = finetune_optimizer(model, hyper)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     schedule = LinearSchedule(rounds * local_epochs * num_batches(len(examples), hyper.batch_size), hyper)
     first = round_idx * local_epochs
-    return train_epochs(model, examples, hyper, optimizer, schedule, range(first, first + local_epochs),
-                        seed, silo_id, pad_id)
+    losses = train_epochs(model, examples, hyper, optimizer, schedule, range(first, first + local_epochs),
+                          seed, silo_id, pad_id)
+    return losses, optimizer.state_dict()
 
 
 def train_federated(model, silos: list[list], hyper: Hyper, rounds: int, local_epochs: int, seed: int,
                     pad_id: int, topology: Topology, context: ProcessContext = ProcessContext(),
-                    on_round_end=lambda round_idx: False, averaged_keys: list[str] | None = None) -> list[float]:
-    """Up to `rounds` FedAvg rounds; stops when on_round_end(round) (same answer on every process).
+                    on_round_end=lambda round_idx: False, averaged_keys: list[str] | None = None,
+                    optimisation: FederatedOptimisation = FederatedOptimisation()) -> list[float]:
+    """Up to `rounds` federated rounds; stops when on_round_end(round) (same answer on every process).
 
     `averaged_keys`: the state keys to average (default every floating one). A probe passes its head's
     names: the frozen encoder is the same everywhere, and averaging it would only add rounding."""
     global_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    server = ServerOptimizer(optimisation.server)
+    silo_optimizers: dict[int, dict] = {}  # --keep_silo_optimizer: silo_id -> its AdamW state
     losses = []
     for round_idx in range(rounds):
         total = WeightedSum(global_state, averaged_keys)
         chosen = topology.silos_for(topology.client_ranks[context.rank], round_idx)
         for silo_id in chosen:
             model.load_state_dict(global_state)
-            losses += train_silo(model, silos[silo_id], hyper, rounds, local_epochs, round_idx, seed,
-                                 silo_id, pad_id)
+            silo_losses, optimizer_state = train_silo(model, silos[silo_id], hyper, rounds, local_epochs,
+                                                      round_idx, seed, silo_id, pad_id, silo_optimizers.get(silo_id))
+            losses += silo_losses
+            if optimisation.keep_silo_optimizer:
+                silo_optimizers[silo_id] = optimizer_state
             total.add(model.state_dict(), float(len(silos[silo_id])))
         averaged = total.reduce(context.sum_across)
-        global_state.update(averaged)
+        global_state.update(server.step(global_state, averaged))
         model.load_state_dict(global_state)
         logger.info("round %d/%d: silos %s on rank %d", round_idx + 1, rounds, chosen, context.rank)
         if on_round_end(round_idx):

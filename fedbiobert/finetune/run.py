@@ -21,7 +21,7 @@ import numpy as np
 from fedbiobert.finetune import data_classification as cls_data
 from fedbiobert.finetune import data_ner as ner_data
 from fedbiobert.finetune.errors import InputError
-from fedbiobert.finetune.federated import ProcessContext, build_topology, train_federated
+from fedbiobert.finetune.federated import FederatedOptimisation, ProcessContext, build_topology, train_federated
 from fedbiobert.finetune.metrics import classification_scores, ner_scores
 from fedbiobert.finetune.modeling import RandomModelSize, build_random, freeze_encoder, load_pretrained
 from fedbiobert.finetune.probe import FeatureCache, head_on_features, supports_cached_head
@@ -202,7 +202,7 @@ def _train_federated(options, task_data, model, train, hyper, seed, pad_id, cont
     logger.info("%d silos (%s split): examples per silo %s", len(silos), options.split, [len(s) for s in silos])
     topology = build_topology(options.n_clients, options.participation_ratio, seed, context.world_size)
     return train_federated(model, silos, hyper, options.rounds, options.local_epochs, seed, pad_id, topology,
-                           context, on_round_end, averaged_keys)
+                           context, on_round_end, averaged_keys, FederatedOptimisation.from_options(options))
 
 
 def default_lr(model, probe: bool = False) -> float:

@@ -23,6 +23,7 @@ from fedbiobert.model import load_unique_state, unique_state
 from fedbiobert.roles.base import NonFiniteError, RoleProcess
 from fedbiobert.roles.round_end import RoundPiece, cpu_state
 from fedbiobert.seeding import derive_seed, seed_torch
+from fedbiobert.server_optimizer import ServerOptimizer, ServerOptimizerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class ClientProcess(RoleProcess):
         self.federated_keys = algorithm.federated_client_keys(self.model)
         self.global_state = cpu_state(unique_state(self.model))  # no aliases: see unique_state
         self.private_states: dict[int, dict] = {}
+        # The client parts' server optimiser: every client process steps an identical copy on identical
+        # inputs (the round-start part and the all-reduced average), so all hold the same result.
+        self.fedopt = ServerOptimizer(ServerOptimizerSettings.from_config(session.config))
+        # --keep_silo_optimizer: silo_id -> its trainer's AdamW states, one per stepper (CPU)
+        self.silo_optimizers: dict[int, list[dict]] = {}
         self.server_rank = self.topology.server_of(self.rank)  # None: no server (fedavg, centralized)
         if self.server_rank is not None:
             self.channel = session.server_channel(self.server_rank)
@@ -96,7 +102,7 @@ class ClientProcess(RoleProcess):
         self.meet_at_round_end()  # paired with every rank's call
         averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
         if averaged is not None:
-            self.global_state.update(averaged)
+            self.global_state.update(self.fedopt.step(self.global_state, averaged))
         self._download_average(len(trained_silos), weighted_sum.nbytes)
         if self.channel is not None:
             self.channel.flush()  # only now: the server drains our last batches during the model exchange
@@ -157,6 +163,8 @@ class ClientProcess(RoleProcess):
                    self._process_salt())
         self.model.train()
         trainer = self.algorithm.client_trainer(self.model, self.channel, self.server_rank, silo_id, round_idx)
+        for stepper, state in zip(trainer.steppers, self.silo_optimizers.get(silo_id, [])):
+            stepper.load_optimizer_state(state)
         fault = config.fault_injections.get((silo_id, round_idx))
         started = time.time()
         try:
@@ -172,6 +180,8 @@ class ClientProcess(RoleProcess):
         if problem is not None and config.on_nonfinite == "stop":
             raise NonFiniteError(f"client {silo_id} in round {round_idx + 1}: {problem}; stopping (the last "
                                  "checkpoint is intact; --on_nonfinite skip_client leaves such updates out instead)")
+        if problem is None and config.keep_silo_optimizer:  # a dropped update keeps its previous moments too
+            self.silo_optimizers[silo_id] = [stepper.optimizer_state() for stepper in trainer.steppers]
         return problem
 
     def _train_local_rounds(self, trainer, silo_id: int, round_idx: int, fault: str | None,
@@ -230,7 +240,9 @@ class ClientProcess(RoleProcess):
         first_client = self.rank == self.topology.client_ranks[0]
         return RoundPiece(rank=self.rank, role="client", events=self.events.drain(),
                           client_state=cpu_state(self.global_state) if first_client else None,
-                          private_states=self.private_states, silos_sampled=self.silos_sampled,
+                          fedopt_state=self.fedopt.state_dict() if first_client else None,
+                          private_states=self.private_states, silo_optimizers=self.silo_optimizers,
+                          silos_sampled=self.silos_sampled,
                           silos_reported=self.silos_reported)
 
     # --- state ---------------------------------------------------------------------------------------
@@ -249,6 +261,10 @@ class ClientProcess(RoleProcess):
         self.global_state.update(resume["client_state"])
         mine = set(self.topology.silos_at(self.rank))
         self.private_states = {cid: s for cid, s in resume["private_states"].items() if cid in mine}
+        # Checkpoints written before these existed resume with fresh optimiser state.
+        if resume.get("client_fedopt") is not None:
+            self.fedopt.load_state_dict(resume["client_fedopt"])
+        self.silo_optimizers = {cid: s for cid, s in resume.get("silo_optimizers", {}).items() if cid in mine}
 
     def _record(self, result, round_idx: int) -> None:
         self.events.record("step", round=round_idx + 1, step=result.step, silo_id=result.silo_id,

@@ -36,6 +36,9 @@ class RoundPiece:
     client_state: dict | None = None           # the global client part (first client rank only)
     server_state: dict | None = None           # this server's replica (after FedAvg if enabled)
     private_states: dict[int, dict] = field(default_factory=dict)  # silo_id -> non-federated tensors
+    fedopt_state: dict | None = None             # the server optimiser of the averaged part (see server_optimizer)
+    silo_optimizers: dict[int, list] = field(default_factory=dict)  # --keep_silo_optimizer: silo_id -> AdamW states
+    optimizer_state: list | None = None          # a server's AdamW states kept across rounds
     seconds: dict[str, float] = field(default_factory=dict)  # compute / wait / comm / elapsed this round
     silos_sampled: int = 0       # client processes: silos sampled here this round
     silos_reported: int = 0      # ... and those whose update went into the average
@@ -131,7 +134,8 @@ class RoundWriter:
         private = {cid: s for piece in pieces for cid, s in piece.private_states.items()}
         servers = {piece.rank: piece.server_state for piece in pieces if piece.server_state is not None}
         return {"round": round_idx + 1, "config": config_record(self.config), "fingerprints": self.fingerprints,
-                "client_state": client_state, "server_states": servers, "private_states": private}
+                "client_state": client_state, "server_states": servers, "private_states": private,
+                **optimizer_states(pieces)}
 
     def _export_client_state(self, state: dict) -> dict:
         """The exported model's client part; private tensors (--fedavg_embedding_head False) are
@@ -212,6 +216,18 @@ class RoundWriter:
     def close(self) -> None:
         self.progress.close()
         self.reporter.close()
+
+
+def optimizer_states(pieces: list[RoundPiece]) -> dict:
+    """What a resume needs to continue every optimiser as if uninterrupted: the client parts' server
+    optimiser (identical on every client process: the first one's), the server replicas' (server rank
+    0's), each silo's AdamW (--keep_silo_optimizer) and each server's AdamW (--keep_server_optimizer)."""
+    def first(role):
+        return next((piece.fedopt_state for piece in pieces if piece.role == role and piece.fedopt_state), None)
+    return {"client_fedopt": first("client"), "server_fedopt": first("server"),
+            "silo_optimizers": {cid: s for piece in pieces for cid, s in piece.silo_optimizers.items()},
+            "server_optimizers": {piece.rank: piece.optimizer_state for piece in pieces
+                                  if piece.optimizer_state is not None}}
 
 
 def time_breakdown(pieces: list[RoundPiece]) -> dict[str, dict[str, float]]:

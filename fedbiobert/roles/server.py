@@ -28,6 +28,7 @@ from fedbiobert.metrics import EventLog
 from fedbiobert.roles.base import RoleProcess
 from fedbiobert.roles.round_end import RoundPiece, cpu_state
 from fedbiobert.seeding import seed_torch
+from fedbiobert.server_optimizer import ServerOptimizer, ServerOptimizerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +48,35 @@ class ServerProcess(RoleProcess):
         self.tokens_seen = 0
         self.peak_kept = 0  # batches awaiting a GRAD at most, last round
         self.started = time.time()
+        self.fedopt = ServerOptimizer(ServerOptimizerSettings.from_config(self.config))  # over replicas
+        self.optimizer_state: dict | None = None  # --keep_server_optimizer: this replica's AdamW, round to round
         self._apply_resume(session.resume)
 
     def train_round(self, round_idx: int) -> None:
+        # FedOpt over replicas needs the round-start weights (identical on every server): one CPU copy
+        round_start = cpu_state(self.model.state_dict()) if self._replicas_use_fedopt() else None
         samples = self._train_replica(round_idx)
         self.meet_at_round_end()  # paired with every rank's call
-        self.average_replicas(samples)
+        self.average_replicas(samples, round_start)
+
+    def _replicas_use_fedopt(self) -> bool:
+        return (self.config.fedavg_server_model and self.session.topology.num_servers > 1
+                and self.fedopt.settings.kind != "fedavg")
 
     def _train_replica(self, round_idx: int) -> int:
         seed_torch(self.config.manual_seed, "server-dropout", round_idx, self.rank)
         self.model.train()
         trainer = self.algorithm.server_trainer(self.model, self.channel, round_idx)
+        if self.optimizer_state is not None:  # --keep_server_optimizer: this replica's moments go on
+            trainer.stepper.load_optimizer_state(self.optimizer_state)
         if self.algorithm.server_takes_turns:  # one client process at a time, in rank order
             self._serve_in_turns(trainer, round_idx)
         else:  # every client process at once, in arrival order
             self._serve(trainer, round_idx, set(self.client_ranks), source=None)
         trainer.finish()
         self.channel.flush()
+        if self.config.keep_server_optimizer:
+            self.optimizer_state = trainer.stepper.optimizer_state()
         self.peak_kept = getattr(trainer, "peak_kept", 0)
         if trainer.stepper.skipped_steps:
             logger.warning("server rank %d round %d: skipped %d step(s) with NaN/inf gradients", self.rank,
@@ -97,14 +110,18 @@ class ServerProcess(RoleProcess):
         for client_rank in client_ranks:
             self.channel.send(Message(Kind.CONTROL, round=round_idx, control=control), client_rank)
 
-    def average_replicas(self, samples: int) -> None:
-        """FedAvg of the server replicas (every server process calls this), weighted by samples seen."""
+    def average_replicas(self, samples: int, round_start: dict | None = None) -> None:
+        """FedAvg of the server replicas (every server process calls this), weighted by samples seen;
+        with a server optimiser, its step from `round_start` towards the average (identical on every
+        server: same inputs). Each replica's AdamW moments stay its own: they are not averaged."""
         if not self.config.fedavg_server_model:
             return
         weight = float(samples) if self.config.aggregate_weighting == "samples" else float(samples > 0)
         weighted_sum = WeightedSum(self.model.state_dict())
         weighted_sum.add(self.model.state_dict(), weight)
         averaged = weighted_sum.reduce(self.session.collectives.sum_servers)
+        if averaged is not None and round_start is not None:
+            averaged = self.fedopt.step(round_start, averaged)
         if averaged is not None:
             self.model.load_state_dict(averaged, strict=False)
 
@@ -114,13 +131,19 @@ class ServerProcess(RoleProcess):
     def round_piece(self) -> RoundPiece:
         keep_replica = self.rank == 0 or not self.config.fedavg_server_model
         return RoundPiece(rank=self.rank, role="server", events=self.events.drain(),
-                          server_state=cpu_state(self.model.state_dict()) if keep_replica else None)
+                          server_state=cpu_state(self.model.state_dict()) if keep_replica else None,
+                          fedopt_state=self.fedopt.state_dict() if self.rank == 0 else None,
+                          optimizer_state=self.optimizer_state)
 
     def _apply_resume(self, resume: dict | None) -> None:
         if resume is None:
             return
         states = resume["server_states"]
         self.model.load_state_dict(states.get(self.rank, states[0]))
+        if resume.get("server_fedopt") is not None:  # older checkpoints: fresh optimiser state
+            self.fedopt.load_state_dict(resume["server_fedopt"])
+        if self.config.keep_server_optimizer:
+            self.optimizer_state = resume.get("server_optimizers", {}).get(self.rank)
 
     def _record(self, result, round_idx: int) -> None:
         self.tokens_seen += result.tokens

@@ -10,7 +10,8 @@ import torch
 from fedbiobert.aggregate import weighted_average
 from fedbiobert.data.tokenizer import load_tokenizer
 from fedbiobert.finetune.data_ner import Sentence, encode_ner
-from fedbiobert.finetune.federated import build_topology, train_federated, train_silo
+from fedbiobert.server_optimizer import ServerOptimizer, ServerOptimizerSettings
+from fedbiobert.finetune.federated import FederatedOptimisation, build_topology, train_federated, train_silo
 from fedbiobert.finetune.modeling import RandomModelSize, build_random
 from fedbiobert.finetune.train import Hyper, train_centralized
 from tests.support.finetune_helpers import write_vocab
@@ -65,3 +66,28 @@ def test_two_silos_average_weighted_by_examples(setup):
 def test_participation_samples_with_the_engine_topology():
     topology = build_topology(n_clients=8, participation_ratio=0.25, seed=0, world_size=1)
     assert len(topology.silos_for(0, 0)) == 2
+
+
+def test_a_server_optimizer_steps_from_the_round_start_towards_the_fedavg_average(setup):
+    """--server_optimizer fedadam: the new model is FedAdam's step from the round-start weights with the
+    FedAvg average as its target (pseudo-gradient = start - average); fedavgm at lr 1 without momentum
+    is FedAvg bit for bit."""
+    model, examples, pad_id = setup
+    hyper = Hyper(lr=1e-3, batch_size=4)
+    silos = [examples[:6], examples[6:]]
+    topology = build_topology(n_clients=2, participation_ratio=1.0, seed=1, world_size=1)
+    runs = {}
+    for name, settings in {"fedavg": ServerOptimizerSettings("fedavg"),
+                           "fedavgm": ServerOptimizerSettings("fedavgm", lr=1.0, momentum=0.0),
+                           "fedadam": ServerOptimizerSettings("fedadam", lr=0.01)}.items():
+        runs[name] = copy.deepcopy(model)
+        train_federated(runs[name], silos, hyper, rounds=1, local_epochs=1, seed=1, pad_id=pad_id,
+                        topology=topology, optimisation=FederatedOptimisation(settings))
+    average = runs["fedavg"].state_dict()
+    assert all(torch.equal(runs["fedavgm"].state_dict()[key], value) for key, value in average.items())
+    start = model.state_dict()
+    floating = {key: value for key, value in average.items() if value.is_floating_point()}
+    expected = ServerOptimizer(ServerOptimizerSettings("fedadam", lr=0.01)).step(start, floating)
+    for name, value in expected.items():
+        assert torch.equal(runs["fedadam"].state_dict()[name], value), name
+    assert not torch.equal(runs["fedadam"].classifier.weight, runs["fedavg"].classifier.weight)

@@ -133,8 +133,9 @@ class Config:
                                         "server replicas when there are several) takes the round's average: "
                                         "fedavg replaces it; fedavgm, fedadam, fedyogi step a server optimiser on "
                                         "the pseudo-gradient (round-start weights - average), as in FedOpt (Reddi "
-                                        "et al. 2021) (default: fedadam where something is averaged, measured best; "
-                                        "fedavg for centralized)", choices=SERVER_OPTIMIZERS, group="federation")
+                                        "et al. 2021) (default, as measured: fedadam from a random initialisation; "
+                                        "fedavg with --init_from, and for centralized)", choices=SERVER_OPTIMIZERS,
+                                        group="federation")
     server_lr: float | None = _opt(None, "the server optimiser's learning rate (default: 0.03 for fedadam and "
                                    "fedyogi, measured; 1 for fedavgm, FedAvg plus momentum)", group="federation")
     server_momentum: float = _opt(0.9, "fedavgm's momentum", group="federation")
@@ -260,8 +261,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.n_clients is None:  # implied by the algorithm, as --num_device is
             object.__setattr__(self, "n_clients", self.rules.default_n_clients)
-        if self.server_optimizer is None:  # FedAdam wherever something is averaged (measured best)
-            object.__setattr__(self, "server_optimizer", "fedadam" if self.rules.exchanges_model else "fedavg")
+        if self.server_optimizer is None:  # measured (docs/federated-optimisation.md): FedAdam from a random
+            # init, where it closes the averaged parts' gap; FedAvg from --init_from, where FedAdam cost MLM loss
+            adam = self.rules.exchanges_model and not self.init_from
+            object.__setattr__(self, "server_optimizer", "fedadam" if adam else "fedavg")
         if self.server_lr is None:  # each optimiser's own scale: an adaptive step is not an update's multiple
             object.__setattr__(self, "server_lr", DEFAULT_SERVER_LR[self.server_optimizer])
 

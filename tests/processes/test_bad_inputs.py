@@ -173,6 +173,11 @@ CATALOGUE = {
     "fedbert auto schedule, servers that fit no schedule": Bad(
         lambda t, c: ["--algorithm", "fedbert", "--num_device", "2", "--n_clients", "3"],
         "--num_device 2 must be 1 (or launch 4 processes for one server per client process)", world=5),
+    "server learning rate zero": Bad(lambda t, c: ["--server_lr", "0"], "--server_lr 0.0 is outside (0, 100]"),
+    "server beta2 of one": Bad(lambda t, c: ["--server_beta2", "1"], "--server_beta2 1.0 is outside [0, 1)"),
+    "server optimiser where nothing is averaged": Bad(
+        lambda t, c: ["--algorithm", "centralized", "--n_clients", "1", "--server_optimizer", "fedadam"],
+        "--server_optimizer fedadam steps on averaged parts, and --algorithm centralized averages none", world=1),
     "fedbert parallel schedule, too few servers": Bad(
         lambda t, c: ["--algorithm", "fedbert", "--server_schedule", "parallel"],
         "or use --server_schedule sequential with --num_device 1)"),

@@ -8,3 +8,6 @@ PARTITION_SCHEMES = ("random", "by_file", "dirichlet", "label")
 IGNORE_INDEX = -100  # label of positions that are not predicted (HF / CrossEntropyLoss convention)
 # Server optimisers on averaged parts (server_optimizer.py): FedAvg, and FedOpt's three (Reddi et al. 2021).
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+# --server_lr by --server_optimizer: FedAdam/FedYogi's 0.03 measured on the quick preset
+# (docs/federated-optimisation.md; 0.1 diverged); FedAvgM at 1 is FedAvg plus momentum (Hsu et al. 2019).
+DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 0.03, "fedyogi": 0.03}

@@ -12,12 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fedbiobert.constants import ARCHS, HEAD_PLACEMENTS, PARTITION_SCHEMES, SERVER_OPTIMIZERS
+from fedbiobert.constants import ARCHS, DEFAULT_SERVER_LR, HEAD_PLACEMENTS, PARTITION_SCHEMES, SERVER_OPTIMIZERS
 
 SERVER_SCHEDULES = ("auto", "parallel", "sequential")
-# --server_lr by --server_optimizer: FedAdam/FedYogi's 0.03 measured on the quick preset
-# (docs/federated-optimisation.md; 0.1 diverged); FedAvgM at 1 is FedAvg plus momentum (Hsu et al. 2019).
-DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 0.03, "fedyogi": 0.03}
 CLIENT_SEEDS = ("distinct", "shared")
 SERVER_OUTPUTS = ("auto", "full", "masked")
 COMM_DTYPES = ("fp32", "bf16", "fp16")

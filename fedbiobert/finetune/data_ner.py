@@ -25,7 +25,6 @@ from fedbiobert.finetune.splits import read_split_folder
 
 logger = logging.getLogger(__name__)
 
-IGNORE = IGNORE_INDEX  # the name finetune/train.py imports; the value is defined once, in constants.py
 SPLIT_FILES = {"train": ("train.tsv",), "dev": ("devel.tsv", "dev.tsv"), "test": ("test.tsv",)}
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 _ACCEPTED = "accepted: token<TAB>tag with tag O, B-TYPE or I-TYPE, a blank line between sentences"

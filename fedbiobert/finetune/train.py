@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from fedbiobert.finetune.batching import eval_batches, num_batches, training_batches
-from fedbiobert.finetune.data_ner import IGNORE
+from fedbiobert.constants import IGNORE_INDEX
 from fedbiobert.optim import build_optimizer, learning_rate, set_learning_rate
 from fedbiobert.seeding import derive_seed, seed_torch
 
@@ -120,7 +120,7 @@ def predict(model, examples: list, hyper: Hyper, pad_id: int) -> list:
         if best.dim() == 1:
             flat.extend(best.tolist())
         else:
-            flat.extend(row[labels != IGNORE].tolist() for row, labels in zip(best, batch["labels"]))
+            flat.extend(row[labels != IGNORE_INDEX].tolist() for row, labels in zip(best, batch["labels"]))
     predictions = [None] * len(examples)
     for index, value in zip(order, flat):
         predictions[index] = value

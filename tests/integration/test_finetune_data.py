@@ -8,7 +8,8 @@ import pytest
 
 from fedbiobert.data.tokenizer import load_tokenizer
 from fedbiobert.finetune.data_classification import encode_classification, label_list, read_csv
-from fedbiobert.finetune.data_ner import (IGNORE, Sentence, encode_ner, merge_predictions, read_conll,
+from fedbiobert.constants import IGNORE_INDEX
+from fedbiobert.finetune.data_ner import (Sentence, encode_ner, merge_predictions, read_conll,
                                           split_points)
 from fedbiobert.finetune.metrics import ner_scores
 from fedbiobert.finetune.silos import split_silos
@@ -27,7 +28,7 @@ def test_label_on_first_sub_token_only(tokenizer):
     (chunk,) = encode_ner([sentence], tokenizer, LABELS, max_len=32)
     tokens = tokenizer.convert_ids_to_tokens(chunk.input_ids)
     assert tokens == ["[CLS]", "the", "ataxia", "##s", "x", "##s", "[SEP]"]
-    assert chunk.labels == [IGNORE, 0, 1, IGNORE, 2, IGNORE, IGNORE]
+    assert chunk.labels == [IGNORE_INDEX, 0, 1, IGNORE_INDEX, 2, IGNORE_INDEX, IGNORE_INDEX]
 
 
 def test_split_points_fill_the_budget_or_end_after_late_punctuation():
@@ -63,7 +64,7 @@ def test_long_sentence_is_split_and_every_gold_entity_scored_once(tokenizer):
     chunks = encode_ner([sentence], tokenizer, LABELS, max_len=16)
     assert len(chunks) > 4 and all(len(chunk.input_ids) <= 16 for chunk in chunks)
     assert sum(chunk.num_words for chunk in chunks) == len(words)  # a partition: nothing cut, nothing twice
-    perfect = [[label for label in chunk.labels if label != IGNORE] for chunk in chunks]
+    perfect = [[label for label in chunk.labels if label != IGNORE_INDEX] for chunk in chunks]
     merged = merge_predictions(chunks, perfect, [sentence], LABELS)
     assert merged == [tags]
     scores = ner_scores([tags], merged)

@@ -1,7 +1,8 @@
 """Every option of a run: its flag, default, meaning and validation, one concern per module:
 
-- `options`: the option table (`Config`), the parsers of structured option values, and the lazy
-  way to the algorithm registry (an algorithm's rules are its class's: `Config.rules`);
+- `options`: the option table (`Config`) and the lazy way to the algorithm registry (an algorithm's
+  rules are its class's: `Config.rules`);
+- `parsers`: `ConfigError` and the parsers of structured option values (booleans, --fl_aggregate, ...);
 - `cli`: `parse_config(argv)`, command line + YAML/TOML file -> `Config`;
 - `checks`: `validate_static` (options alone) and `validate_world` (against the launch);
 - `paths`: `validate_paths` (data, tokenizer, checkpoints, output and cache folders).

@@ -1,17 +1,18 @@
 """The option table of a run: every option's flag, default, meaning and accepted values (`Config`),
-the values derived from them, and the small parsers of structured option values.
+the values derived from them (the parsers of structured option values are in `parsers.py`).
 
 Booleans are written `True`/`False` as in the original FedBioBERT code.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from fedbiobert.config.parsers import (AGGREGATE_WEIGHTINGS, FAULT_KINDS, ConfigError, _require,  # noqa: F401
+                                       parse_bool, parse_fl_aggregate, parse_gpu_ids, parse_injections)
 from fedbiobert.constants import ARCHS, DEFAULT_SERVER_LR, HEAD_PLACEMENTS, PARTITION_SCHEMES, SERVER_OPTIMIZERS
 
 SERVER_SCHEDULES = ("auto", "parallel", "sequential")
@@ -19,22 +20,12 @@ CLIENT_SEEDS = ("distinct", "shared")
 SERVER_OUTPUTS = ("auto", "full", "masked")
 COMM_DTYPES = ("fp32", "bf16", "fp16")
 PRECISIONS = ("fp32", "bf16", "fp16")  # compute dtype of the forwards (fedbiobert/precision.py)
-AGGREGATE_WEIGHTINGS = ("samples", "uniform")
 # Flags of the original (image-oriented) code that mean nothing for text: accepted, then ignored.
 IGNORED_FLAGS = ("pn_normalize", "complex_arch", "world_conf")
 # Options of a launcher that reach run.py in the original commands (`--hostfile` written after run.py;
 # `--local_rank`, which the DeepSpeed launcher appends): accepted, then ignored (LOCAL_RANK is read).
 LAUNCHER_FLAGS = ("hostfile", "local_rank")
 BACKENDS = ("auto", "nccl", "gloo")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration error; its message is one line."""
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 def _opt(default: Any, help: str | Callable[[], str], aliases: tuple[str, ...] = (), choices: Sequence = (),
@@ -340,59 +331,3 @@ class Config:
 
 
 BOOL_FIELDS = {f.name for f in dataclasses.fields(Config) if f.type in ("bool", bool)}
-
-
-def parse_bool(text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (accepted: True or False)")
-
-
-def parse_fl_aggregate(text: str) -> dict[str, str]:
-    """`scheme=federated_average,weighting=samples` -> dict; FedAvg is the only scheme."""
-    options = {"scheme": "federated_average", "weighting": "samples"}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in options:
-            raise ConfigError(f"--fl_aggregate '{text}' is not understood (accepted: "
-                              "scheme=federated_average[,weighting=samples|uniform])")
-        options[key] = value
-    if options["scheme"] not in ("federated_average", "fedavg"):
-        raise ConfigError(f"--fl_aggregate scheme '{options['scheme']}' is not supported "
-                          "(accepted: federated_average)")
-    if options["weighting"] not in AGGREGATE_WEIGHTINGS:
-        raise ConfigError(f"--fl_aggregate weighting '{options['weighting']}' is not supported "
-                          f"(accepted: {', '.join(AGGREGATE_WEIGHTINGS)})")
-    return options
-
-
-FAULT_KINDS = ("nan", "error", "stall")
-
-
-def parse_injections(text: str | None, flag: str, default_kind: str | None = None) -> dict[tuple[int, int], str]:
-    """'CLIENT:ROUND:KIND,...' (or 'CLIENT:ROUND,...' with a default kind) -> {(client, 0-based round): kind}."""
-    accepted = ("CLIENT:ROUND pairs with ROUND >= 1, e.g. 1:2,3:2" if default_kind else
-                f"CLIENT:ROUND:KIND with ROUND >= 1 and KIND one of {', '.join(FAULT_KINDS)}, e.g. 1:2:error")
-    faults = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        fields = item.split(":")
-        if default_kind is not None and len(fields) == 2:
-            fields.append(default_kind)
-        if not (len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit() and int(fields[1]) >= 1
-                and fields[2] in FAULT_KINDS):
-            raise ConfigError(f"{flag} '{text}' is not understood (accepted: {accepted})")
-        faults[(int(fields[0]), int(fields[1]) - 1)] = fields[2]
-    return faults
-
-
-def parse_gpu_ids(text: str | None) -> list[int] | None:
-    if text is None or str(text).strip() == "":
-        return None
-    cleaned = str(text).strip().strip("[]")
-    try:
-        return [int(part) for part in cleaned.replace(" ", ",").split(",") if part]
-    except ValueError:
-        raise ConfigError(f"--gpu_ids '{text}' is not a list of integers (accepted: e.g. 0,1,2)") from None

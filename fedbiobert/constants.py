@@ -11,3 +11,5 @@ SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 # --server_lr by --server_optimizer: FedAdam/FedYogi's 0.03 measured on the quick preset
 # (docs/federated-optimisation.md; 0.1 diverged); FedAvgM at 1 is FedAvg plus momentum (Hsu et al. 2019).
 DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedavgm": 1.0, "fedadam": 0.03, "fedyogi": 0.03}
+# How a silo's change since the round started travels in the round's model exchange (codec.py).
+EXCHANGE_DTYPES = ("fp32", "bf16", "fp16", "int8")

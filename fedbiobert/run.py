@@ -26,7 +26,7 @@ from fedbiobert.comm.groups import init_distributed, shutdown
 from fedbiobert.comm.launch_env import LaunchError, launch_info_from_env
 from fedbiobert.config import ConfigError
 from fedbiobert.checkpoint import check_resume_vocabulary, prepare_output_dir
-from fedbiobert.host_memory import fix_mmap_threshold
+from fedbiobert.host_memory import setup_host_memory
 from fedbiobert.logs import setup_logging, warnings_from_rank0
 from fedbiobert.config.preflight import check_run
 from fedbiobert.roles import build_role
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             time.sleep(STARTUP_REPORT_DELAY_S)  # exiting first would get local rank 0 stopped before it speaks
         return 2
-    fix_mmap_threshold(config.mmap_threshold_mb)  # before the model and data are allocated
+    setup_host_memory(config.mmap_threshold_mb, config.malloc_trim_seconds)  # before the model and data
     topology = Topology(launch.world_size, config.num_servers, config.n_clients, config.clients_per_round,
                         config.manual_seed)
     setup_logging(rank, topology.role(rank).value)

@@ -25,7 +25,8 @@ from fedbiobert.comm.wan import WanModel
 from fedbiobert.config import Config, corpus_files_for
 from fedbiobert.data import (MaskingSpec, TokenizedCorpus, build_tokenizer, load_or_build_token_cache, partition,
                              split_validation, validation_sample)
-from fedbiobert.model import ModelSpec, build_config, build_full_model, load_full_model, untied_config
+from fedbiobert.model import (ModelSpec, build_config, build_full_model, decoder_is_embeddings_copy, load_full_model,
+                              output_embedding_key, tie_decoder, untied_config)
 from fedbiobert.optim import Schedule
 from fedbiobert.precision import configure_matmuls
 from fedbiobert.topology import Role, Topology
@@ -79,10 +80,35 @@ class Session:
                               self.device, config.comm_timeout, self.topology.describe, wan)
 
     def build_full_model(self):
-        """Identical initial weights on every process (same seed), or the --init_from checkpoint."""
+        """Identical initial weights on every process (same seed), or the --init_from checkpoint; its
+        final decoder tied to the word embeddings where --tie_decoders says so (see decoders_tied)."""
         if self.config.init_from:
-            return load_full_model(self.config.init_from, seed=self.config.manual_seed)
-        return build_full_model(self.hf_config, seed=self.config.manual_seed)
+            model = load_full_model(self.config.init_from, seed=self.config.manual_seed)
+        else:
+            model = build_full_model(self.hf_config, seed=self.config.manual_seed)
+        if decoders_tied(self.config, model, self.resume):
+            tie_decoder(model)
+        return model
+
+
+def decoders_tied(config: Config, model, resume: dict | None = None) -> bool:
+    """--tie_decoders resolved for this model (the same on every process: same weights). By default a
+    decoder is tied where the final head runs beside the embeddings and the decoder holds nothing of
+    its own yet (a fresh init, or a warm start without an MLM head: it starts as the embeddings);
+    a trained decoder that differs is kept untied rather than thrown away. A resume continues as its
+    checkpoint was trained: tied iff its client part has no decoder of its own."""
+    if config.tie_decoders is False or not config.final_head_with_embeddings:
+        return False
+    if resume is not None:
+        return output_embedding_key(model) not in resume["client_state"]
+    own_decoder = not decoder_is_embeddings_copy(model)
+    if config.tie_decoders is None and own_decoder:
+        logger.info("the final decoder of --init_from differs from its word embeddings: kept untied (pass "
+                    "--tie_decoders True to tie it to the embeddings)")
+        return False
+    if own_decoder:
+        logger.warning("--tie_decoders True: the final decoder of --init_from is replaced by its word embeddings")
+    return True
 
 
 def default_cache_dir() -> Path:

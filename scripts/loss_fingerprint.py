@@ -3,6 +3,7 @@
     .venv/bin/python scripts/loss_fingerprint.py > before.json   # on the old commit
     .venv/bin/python scripts/loss_fingerprint.py > after.json    # on the new one
     diff before.json after.json                                   # empty: same losses bit for bit
+    .venv/bin/python scripts/loss_fingerprint.py --exchange_dtype fp32 > old-way.json  # flags for every run
 
 Each run is deterministic: one server and one client process (silos trained in turn, so arrival order
 is fixed), the tiny model of the tests, the shared SciVocab vocabulary, a slice of ../shared/data/pretrain.
@@ -56,16 +57,16 @@ def fingerprint(name: str, nproc: int, extra: list[str], corpus: Path, work: Pat
     return {"rounds": losses, "export_sha256": exported_weights_sha256(output)}
 
 
-def main() -> None:
+def main(flags: list[str]) -> None:
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         corpus = slice_corpus(work / "corpus", SMALL_CORPUS)
         results = {}
         for name, (nproc, extra) in RUNS.items():
             print(f"{name} ...", file=sys.stderr, flush=True)
-            results[name] = fingerprint(name, nproc, extra, corpus, work)
+            results[name] = fingerprint(name, nproc, [*extra, *flags], corpus, work)
     print(json.dumps(results, indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

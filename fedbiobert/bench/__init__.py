@@ -11,6 +11,7 @@ Modules, one concern each:
     __main__ the command line, progress output and exit codes
     memory   host memory per step (`python -m fedbiobert.bench.memory`)
     predict  transfer-bound speed-ups at a given size and network (`python -m fedbiobert.bench.predict`)
+    exchange one silo's model-exchange bytes per encoding at a preset's size (`python -m fedbiobert.bench.exchange`)
     head     the MLM head's cost on masked positions only (`python -m fedbiobert.bench.head`)
     finetune fine-tuning throughput against a plain HF loop (`python -m fedbiobert.bench.finetune`)
 """

@@ -17,8 +17,11 @@ time, which bounds what faster hardware, e.g. the paper's GPUs, can make of the 
         step = max(client, server, transfer(up), transfer(down))
         fill = min(client, server) + latency             (each silo's first batch crosses both stages)
     round = silos per client process x (steps x step + fill) + model exchange
-    model exchange = transfer(client part) up + down + 2 x latency, once per round (every silo has its
-        own link, so the silos of a round upload in parallel)
+    model exchange = transfer(upload) + transfer(download) + 2 x latency, once per round (every silo has
+        its own link, so the silos of a round upload in parallel); the bytes are those the run's silos
+        actually sent and received, encoded as its --exchange_dtype and --tie_decoders made them
+        (docs/model-exchange.md), so FedBERT and FedBioBERT measured with the same options compare like
+        for like
 
 Every silo of a round trains on its own client process with a server process of its own in the
 paper's setting (1 server with 4 GPUs, 10 clients, participation 0.4: 4 silos, 4 server processes),

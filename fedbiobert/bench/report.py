@@ -81,6 +81,30 @@ def breakdown_table(rows: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
+GAP_COLUMNS = (("client", "start"), ("client", "switch"), ("client", "drain"), ("client", "barrier"),
+               ("client", "fedavg"), ("client", "wait"), ("client", "comm"), ("server", "start"),
+               ("server", "barrier"), ("server", "fedavg"))
+
+
+def gaps_table(rows: list[dict]) -> str | None:
+    """Per run, seconds per round (steady medians, results.round_gaps) of the round's parts besides the
+    steps, beside the busiest stage's compute and the round (None if no run has them)."""
+    measured = [row for row in rows if row.get("round_gaps") and row.get("stage_compute")]
+    if not measured:
+        return None
+    header = ["run", "s/round", "busiest compute", "of stage bound"]
+    header += [f"{role} {part}" for role, part in GAP_COLUMNS] + ["hand-off (not in s/round)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in measured:
+        gaps = row["round_gaps"]
+        cells = [row["name"], _num(row.get("seconds_per_round"), 3), _num(row["stage_compute"].get("busiest"), 3),
+                 _percent(row.get("bound_fraction"))]
+        cells += [_num(gaps.get(role, {}).get(part), 3) for role, part in GAP_COLUMNS]
+        cells.append(_num(gaps.get("handoff"), 3))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def stages_table(rows: list[dict]) -> str | None:
     """Per-step stage seconds, bytes and peak memory per role (None if no run has them)."""
     measured = [row for row in rows if row.get("per_step")]
@@ -103,9 +127,10 @@ def stages_table(rows: list[dict]) -> str | None:
 # passes merge, then the other columns'.
 _TIMING_NOTES = (
     "- **s/round** is the median wall time of the rounds after the first; round 1 includes warm-up and is "
-    "left out (it is in results.json as first_round_seconds). A round's time covers training and FedAvg; "
-    "the round-end validation, export and checkpoint are not training and are left out (every process "
-    "waits for them, so no algorithm absorbs them in idle time).",
+    "left out (it is in results.json as first_round_seconds). A round's time covers training and FedAvg, "
+    "up to the last process's end of FedAvg; the hand-off of the round's report to rank 0 and the round-end "
+    "validation, export and checkpoint are not training and are left out (every process waits for them, "
+    "so no algorithm absorbs them in idle time).",
     "- **tokens/s** is training tokens over the wall time of the same rounds.",
 )
 _COLUMN_NOTES = (
@@ -122,9 +147,11 @@ _COLUMN_NOTES = (
     "A speed-up over an emulated link depends on how fast the machine computes (a faster machine spends "
     "a larger share of the round on the link); this ratio and the next depend on it far less.",
     "- **of stage bound** (fedbiobert without a link): the like-for-like speed-up as a share of what the "
-    "run's own stage times allow: "
-    "FedBERT's serial compute per round (client + server) / this run's busiest process's compute per "
-    "round (100%: every bit of overlap the stages allow).",
+    "run's own stage times allow, the baseline's s/round / this run's busiest process's compute per round; "
+    "that share is the busiest stage's compute / this run's s/round (100%: the round took no longer than "
+    "its busiest stage, every bit of overlap the stages allow). results.json keeps the earlier form, "
+    "serial_stage_bound (FedBERT's client + server compute / the busiest stage): FedBERT's server steps "
+    "its optimiser while its client back-propagates, so its round can be shorter than that sum.",
     "- **s to target**: cumulative training seconds until the validation loss first reaches the final "
     "validation loss of `fedbert-0-L` (no link), checked at round ends; `never` if it does not within the "
     "preset's rounds.",
@@ -183,6 +210,18 @@ def _appendices(rows: list[dict]) -> list[str]:
         parts += ["", "Where the time goes (seconds over all rounds, mean over a role's processes; pipeline "
                   "efficiency = busiest process's compute time / round time, 1.0 = it never waited):", "",
                   breakdown]
+    gaps = gaps_table(rows)
+    if gaps:
+        parts += ["", "The round's gaps (seconds per round, medians of the steady rounds, mean over a role's "
+                  "processes): start = from the round's start to the first step (a server: to the first "
+                  "message, the pipeline's fill); switch = a client process between one silo's end and the "
+                  "next silo's first step; drain = settling each silo's awaited OUTPUTs at its end (head on "
+                  "the client; final-head compute as well as waiting); barrier = waiting at the round-end "
+                  "barrier for the other processes; fedavg = from that barrier to the round's end (all-reduce, "
+                  "server optimiser, download); wait and comm = all the round's blocked receives (the "
+                  "barrier included) and sends; hand-off = building and gathering the round's report on rank "
+                  "0 after FedAvg (not training: not in s/round). The busiest stage's compute is what the "
+                  "stage bound allows: s/round beyond it is the gaps its process waited or sent in.", "", gaps]
     stages = stages_table(rows)
     if stages:
         parts += ["", "Per step (one batch of one silo; steady rounds): each role's compute seconds, the "

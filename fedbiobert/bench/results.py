@@ -15,10 +15,16 @@ Timing conventions (repeated in results.md):
   fedbert-0-L-serverhead; on the client, and for full-model algorithms: fedbert-0-L).
 - link_overhead = this run's seconds_per_round / the same entry's without a link (how much the link
   costs it, a ratio that depends much less on the machine's compute speed than a speed-up over a link).
-- stage_bound (fedbiobert runs without a link): what the run's own measured compute allows, FedBERT's
-  serial compute per round (client + server, the like-for-like baseline's) / this run's busiest stage
-  (the largest per-process compute); bound_fraction = speedup_like_for_like / stage_bound (1.0: all
-  the overlap the stages allow).
+- stage_bound (fedbiobert runs without a link): the like-for-like speed-up the run's own stage times
+  allow, the baseline's s/round / this run's busiest stage (the largest per-process compute per round);
+  bound_fraction = speedup_like_for_like / stage_bound = busiest stage / this run's s/round (1.0: the
+  round took no longer than its busiest stage, all the overlap the stages allow). serial_stage_bound is
+  the earlier form, FedBERT's client + server compute / the busiest stage: FedBERT is not strictly
+  serial (its server steps its optimiser while its client back-propagates the gradient at the cut),
+  so its round can be shorter than that sum and a perfect pipeline could not reach 1.0 against it.
+- round_gaps: medians over the steady rounds of each role's round parts besides its steps
+  (roles/base.py RoundClock: start, switch, drain, barrier, fedavg) and of its wait and comm seconds,
+  and of handoff, the round's hand-off to rank 0 (not in s/round).
 - seconds_to_target: cumulative training seconds at the first round end whose validation loss is at
   or below the target, the final validation loss of the published FedBERT (fedbert-0-L, no link); None
   when the run never reaches it (reached_target False).
@@ -66,6 +72,32 @@ def stage_compute(rounds: list[dict]) -> dict | None:
               for role in ("client", "server")}
     result["busiest"] = statistics.median(max(s["max_compute"] for s in t.values()) for t in timed)
     return result
+
+
+GAP_KEYS = ("start", "switch", "drain", "barrier", "fedavg", "wait", "comm")
+
+
+def round_gaps(rounds: list[dict]) -> dict | None:
+    """Median over the steady rounds of each role's named round parts, wait and comm seconds (the mean
+    over a role's processes, as time_breakdown gives them), and of the hand-off to rank 0."""
+    steady = [entry for entry in steady_rounds(rounds) if entry.get("time_breakdown")]
+    if not steady:
+        return None
+    result: dict = {}
+    for role in ("client", "server"):
+        timed = [entry["time_breakdown"][role] for entry in steady if role in entry["time_breakdown"]]
+        if timed:
+            result[role] = {key: statistics.median(t.get(key, 0.0) for t in timed) for key in GAP_KEYS}
+    handoff = [entry["handoff_seconds"] for entry in steady if entry.get("handoff_seconds") is not None]
+    result["handoff"] = statistics.median(handoff) if handoff else None
+    return result
+
+
+def _median_tree(values: list):
+    """Element-wise median of equally shaped dicts of numbers (None where any is None)."""
+    if isinstance(values[0], dict):
+        return {key: _median_tree([value.get(key) for value in values]) for key in values[0]}
+    return None if any(value is None for value in values) else statistics.median(values)
 
 
 def per_step(spec: RunSpec, rounds: list[dict]) -> dict | None:
@@ -130,7 +162,7 @@ def result_row(spec: RunSpec, outcome: RunOutcome) -> dict:
         "final_global_loss": summary.get("final_global_loss"), "final_local_loss": summary.get("final_local_loss"),
         "val_loss": summary.get("val_loss"), "val_loss_se": summary.get("val_loss_se"),
         "val_loss_by_file": summary.get("val_loss_by_file"), "val_perplexity": summary.get("val_perplexity"),
-        "stage_compute": stage_compute(rounds),
+        "stage_compute": stage_compute(rounds), "round_gaps": round_gaps(rounds),
         "per_step": per_step(spec, rounds),
         "memory": summary.get("memory"),
         "speedup_vs_fedbert": None, "speedup_vs_fedbert_masked": None, "curve": loss_curve(rounds),
@@ -153,9 +185,10 @@ def merge_repeats(passes: list[dict]) -> dict:
         for key in ("seconds_per_round", "tokens_per_second"):
             values = [row[key] for row in passes if row.get(key) is not None]
             merged[key] = statistics.median(values) if values else None
-        stages = [row["stage_compute"] for row in passes if row.get("stage_compute")]
-        if stages:
-            merged["stage_compute"] = {key: statistics.median(stage[key] for stage in stages) for key in stages[0]}
+        for key in ("stage_compute", "round_gaps"):
+            measured = [row[key] for row in passes if row.get(key)]
+            if measured:
+                merged[key] = _median_tree(measured)
     return merged
 
 
@@ -195,16 +228,18 @@ def _ratio(baseline_seconds: float | None, row: dict, usable: bool) -> float | N
 
 
 def _add_bound(row: dict, baseline: dict | None) -> None:
-    """stage_bound and bound_fraction for fedbiobert runs without a link. With a link the round is
-    bounded by transfers as much as by compute, which this compute bound does not model (the link
-    overhead column covers those runs); FedBERT variants overlap nothing, so have no such bound."""
-    row["stage_bound"] = row["bound_fraction"] = None
+    """stage_bound, bound_fraction (and serial_stage_bound) for fedbiobert runs without a link (module
+    docstring). With a link the round is bounded by transfers as much as by compute, which this
+    compute bound does not model (the link overhead column covers those runs); FedBERT variants wait
+    for the server every step (no pipeline), so have no such bound."""
+    row["stage_bound"] = row["bound_fraction"] = row["serial_stage_bound"] = None
     stages, base_stages = row.get("stage_compute"), (baseline or {}).get("stage_compute")
     if row.get("algorithm") != "fedbiobert" or row.get("link") is not None or not stages or not base_stages \
             or not stages["busiest"]:
         return
-    row["stage_bound"] = (base_stages["client"] + base_stages["server"]) / stages["busiest"]
-    if row.get("speedup_like_for_like"):
+    row["serial_stage_bound"] = (base_stages["client"] + base_stages["server"]) / stages["busiest"]
+    if row.get("speedup_like_for_like") and baseline.get("seconds_per_round"):
+        row["stage_bound"] = baseline["seconds_per_round"] / stages["busiest"]
         row["bound_fraction"] = row["speedup_like_for_like"] / row["stage_bound"]
 
 

@@ -51,6 +51,9 @@ def _validate_head_placement(config: Config) -> None:
     placements = config.rules.head_placements
     _require(config.head_placement in placements, f"--head_placement {config.head_placement} is not supported by "
              f"--algorithm {config.algorithm} (accepted: {', '.join(placements)})")
+    _require(config.tie_decoders is not True or config.final_head_with_embeddings,
+             "--tie_decoders True needs the final MLM head beside the word embeddings, but --head_placement server "
+             "puts it on the server (accepted here: False, or --head_placement client)")
 
 
 def _validate_server_output(config: Config) -> None:
@@ -110,6 +113,8 @@ def _validate_counts(config: Config) -> None:
     _require(config.num_workers >= 0, f"--num_workers {config.num_workers} must be 0 or more")
     _require(0 <= config.mmap_threshold_mb <= 32,
              f"--mmap_threshold_mb {config.mmap_threshold_mb} is outside [0, 32] (glibc's largest threshold is 32 MB)")
+    _require(0 <= config.malloc_trim_seconds < math.inf,
+             f"--malloc_trim_seconds {config.malloc_trim_seconds} must be 0 (never) or a positive number of seconds")
     _require(config.val_blocks >= 0, f"--val_blocks {config.val_blocks} must be 0 or more")
     _require(0 <= config.val_ratio < 0.5, f"--val_ratio {config.val_ratio} is outside [0, 0.5)")
     _require(config.comm_timeout > 0, f"--comm_timeout {config.comm_timeout} must be positive")

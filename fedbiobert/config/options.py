@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from fedbiobert.config.parsers import (AGGREGATE_WEIGHTINGS, FAULT_KINDS, ConfigError, _require,  # noqa: F401
                                        parse_bool, parse_fl_aggregate, parse_gpu_ids, parse_injections)
-from fedbiobert.constants import ARCHS, DEFAULT_SERVER_LR, HEAD_PLACEMENTS, PARTITION_SCHEMES, SERVER_OPTIMIZERS
+from fedbiobert.constants import (ARCHS, DEFAULT_SERVER_LR, EXCHANGE_DTYPES, HEAD_PLACEMENTS, PARTITION_SCHEMES,
+                                  SERVER_OPTIMIZERS)
 
 SERVER_SCHEDULES = ("auto", "parallel", "sequential")
 CLIENT_SEEDS = ("distinct", "shared")
@@ -99,6 +100,11 @@ class Config:
     head_placement: str = _opt("client", "where the final MLM head runs: client (labels never leave the silo)"
                                " or server (labels of masked positions are sent; no reply needed)",
                                choices=HEAD_PLACEMENTS, group="model")
+    tie_decoders: bool | None = _opt(None, "the final MLM head's decoder is the word-embedding matrix, as in BERT "
+                                     "(the auxiliary head's always is): one vocabulary matrix in memory and in the "
+                                     "model exchange. Needs the final head with the embeddings (not --head_placement "
+                                     "server). Default: tied where it can be, unless an --init_from decoder differs "
+                                     "from its embeddings", group="model")
     server_output: str = _opt("auto", "head on the client: what the server sends back each step, its last hidden "
                               "states at every position (full: FedBERT as published, four activation-sized "
                               "transfers per step) or at the masked positions only (masked: the same loss and "
@@ -150,6 +156,12 @@ class Config:
                              group="federation")
     comm_dtype: str = _opt("fp32", "dtype of activations and gradients on the wire", choices=COMM_DTYPES,
                            group="federation")
+    exchange_dtype: str = _opt("int8", "how each silo sends its change since the round started in the model "
+                               "exchange, and the aggregate comes back: fp32 as is; bf16; fp16 or int8 with a scale per "
+                               "row (fedbiobert/codec.py; averaged in fp32). Measured in docs/model-exchange.md",
+                               choices=EXCHANGE_DTYPES, group="federation")
+    exchange_error_feedback: bool = _opt(True, "carry what --exchange_dtype lost to the sender's next round (each "
+                                         "silo's upload and the aggregate's download)", group="federation")
     min_clients: int = _opt(1, "a round completes only if at least this many sampled clients report a usable "
                             "update; otherwise the run stops at the last checkpoint", group="federation")
     on_nonfinite: str = _opt("stop", "a client whose loss or update is NaN/inf: stop the run, or skip_client "
@@ -241,9 +253,12 @@ class Config:
     num_threads: int | None = _opt(None, "torch CPU threads per process (default: the CPUs this process may run "
                                    "on, its affinity, / local processes; an srun task's --cpus-per-task at most)",
                                    group="device")
-    mmap_threshold_mb: float = _opt(1.0, "host allocations of at least this many MB get their own mmap, returned "
-                                    "to the system when freed, so resident memory does not creep up with steps "
-                                    "(glibc; at most 32; 0 keeps glibc's dynamic threshold)", group="device")
+    mmap_threshold_mb: float = _opt(0.0, "host allocations of at least this many MB get their own mmap, returned "
+                                    "to the system when freed: the least memory, but slower on CPU (glibc; at most "
+                                    "32; 0 keeps glibc's dynamic threshold)", group="device")
+    malloc_trim_seconds: float = _opt(30.0, "every this many seconds, give glibc's free heap memory back to the "
+                                      "system (malloc_trim), so resident memory does not creep up with steps "
+                                      "(0: never)", group="device")
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -264,6 +279,11 @@ class Config:
     @property
     def is_split(self) -> bool:
         return self.rules.is_split
+
+    @property
+    def final_head_with_embeddings(self) -> bool:
+        """The final MLM head runs where the word embeddings do (so its decoder can be tied to them)."""
+        return not self.is_split or self.head_placement == "client"
 
     @property
     def num_servers(self) -> int:
@@ -330,4 +350,4 @@ class Config:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-BOOL_FIELDS = {f.name for f in dataclasses.fields(Config) if f.type in ("bool", bool)}
+BOOL_FIELDS = {f.name for f in dataclasses.fields(Config) if f.type in ("bool", bool, "bool | None")}

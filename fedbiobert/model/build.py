@@ -154,6 +154,32 @@ def untie_output_embeddings(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+def tie_decoder(model: PreTrainedModel) -> None:
+    """Make the final MLM decoder's weight the word-embedding matrix, in place (BERT's tie; the config
+    copy the model keeps says so, so a joined model saved from it is tied for AutoModelForMaskedLM).
+    The head's `bias` becomes the decoder's bias, the other pair HF ties (`_tied_weights_keys`): untied,
+    that vector is a second, unused copy that only travels."""
+    decoder = model.get_output_embeddings()
+    decoder.weight = model.get_input_embeddings().weight
+    head = model.get_submodule(output_embedding_key(model).rsplit(".", 2)[0])  # cls.predictions / lm_head
+    if isinstance(getattr(head, "bias", None), torch.nn.Parameter) and decoder.bias is not None:
+        head.bias = decoder.bias
+    model.config = copy.copy(model.config)  # never the caller's config object: it builds other models
+    model.config.tie_word_embeddings = True
+
+
+def decoder_is_embeddings_copy(model: PreTrainedModel) -> bool:
+    """The decoder holds exactly the word embeddings' values (a fresh init; a warm start without an MLM head)."""
+    return torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def output_embedding_key(model: PreTrainedModel) -> str:
+    """The state-dict key of the final decoder's weight (`cls.predictions.decoder.weight`, ...)."""
+    decoder = model.get_output_embeddings()
+    name = next(name for name, module in model.named_modules() if module is decoder)
+    return f"{name}.weight"
+
+
 def _has_weights_and_config(hf_dir: str) -> bool:
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         return False

@@ -17,7 +17,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 
-from fedbiobert.model.build import arch_of, build_full_model, num_layers_of
+from fedbiobert.model.build import arch_of, build_full_model, num_layers_of, output_embedding_key, tie_decoder
 
 from fedbiobert.constants import HEAD_PLACEMENTS
 
@@ -203,20 +203,25 @@ def join_state_dicts(client_state: dict, server_state: dict) -> dict:
 
 
 def build_joined_model(config: PretrainedConfig, client_state: dict, server_state: dict) -> PreTrainedModel:
-    """A standard *ForMaskedLM (eval mode) holding exactly the client's and server's weights."""
+    """A standard *ForMaskedLM (eval mode) holding exactly the client's and server's weights; its decoder
+    tied to the word embeddings when the states were trained tied (they then lack the decoder's key)."""
     # The random init is overwritten at once; it must not advance the caller's RNG stream
     # (a mid-training export would otherwise change the rest of the run).
     with torch.random.fork_rng(devices=[]):
         model = build_full_model(config)
+    if output_embedding_key(model) not in join_state_dicts(client_state, server_state):
+        tie_decoder(model)
     return load_joined_state(model, client_state, server_state)
 
 
 def load_joined_state(model: PreTrainedModel, client_state: dict, server_state: dict) -> PreTrainedModel:
     """Overwrite every weight of a joined model with the client's and server's (reusing the model
-    saves a random init per round: about 1 s for BERT-base on one CPU core)."""
+    saves a random init per round: about 1 s for BERT-base on one CPU core). A tied decoder is the
+    embedding matrix: its key is not in the states (see unique_state)."""
     result = model.load_state_dict(join_state_dicts(client_state, server_state), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"joined state does not match the config: missing {sorted(result.missing_keys)}, "
+    missing = set(result.missing_keys) - aliased_keys(model)
+    if missing or result.unexpected_keys:
+        raise ValueError(f"joined state does not match the config: missing {sorted(missing)}, "
                          f"unexpected {sorted(result.unexpected_keys)}; accepted: exactly the model's keys")
     return model.eval()
 

@@ -37,7 +37,9 @@ class RoleProcess(ABC):
         self._local_bytes = ByteCounter()  # used when there is no channel (fedavg, centralized)
         self.extra_comm_seconds = 0.0  # emulated model-exchange transfers (not in the channel)
         self.extra_wait_seconds = 0.0  # at the round-end barrier, waiting for the other processes
+        self.clock = RoundClock()  # this round's named parts (the gaps in the time breakdown)
         self._round_seconds = 0.0
+        self._trained_at = 0.0  # time.time() when this process's part of the round (FedAvg included) ended
         self._seconds_before = {"wait": 0.0, "comm": 0.0}
 
     @property
@@ -47,9 +49,10 @@ class RoleProcess(ABC):
     def run(self) -> None:
         for round_idx in range(self.session.start_round, self.config.last_round):
             self.current_round = round_idx
-            started = time.perf_counter()
+            self.clock = RoundClock()
             self.train_round(round_idx)
-            self._round_seconds = time.perf_counter() - started
+            self._round_seconds = self.clock.end() - self.clock.started
+            self._trained_at = time.time()
             self.end_round(round_idx)
 
     def meet_at_round_end(self) -> None:
@@ -57,7 +60,8 @@ class RoleProcess(ABC):
         (Collectives.round_barrier); the time spent there is waiting, not compute."""
         started = time.perf_counter()
         self.session.collectives.round_barrier()
-        self.extra_wait_seconds += time.perf_counter() - started
+        self.clock.barrier_left = self.clock.add("barrier", started)
+        self.extra_wait_seconds += self.clock.barrier_left - started
 
     @abstractmethod
     def train_round(self, round_idx: int) -> None:
@@ -68,7 +72,8 @@ class RoleProcess(ABC):
         """What this process contributes to rank 0's round report."""
 
     def time_breakdown(self) -> dict[str, float]:
-        """This round's seconds: blocked on peers (wait), sending (comm), and the rest (compute)."""
+        """This round's seconds: blocked on peers (wait), sending (comm), and the rest (compute), and
+        the round's named parts besides the steps (RoundClock.PARTS; they overlap those three)."""
         totals = dict(self.channel.seconds) if self.channel is not None else {"wait": 0.0, "comm": 0.0}
         totals["comm"] += self.extra_comm_seconds
         totals["wait"] += self.extra_wait_seconds
@@ -76,6 +81,7 @@ class RoleProcess(ABC):
         self._seconds_before = totals
         delta["compute"] = max(0.0, self._round_seconds - delta["wait"] - delta["comm"])
         delta["elapsed"] = self._round_seconds
+        delta.update(self.clock.parts)
         return delta
 
     def memory_report(self) -> dict[str, float]:
@@ -100,6 +106,7 @@ class RoleProcess(ABC):
         algorithm's round time absorbs rank 0's validation and writing (they are not training)."""
         piece = self.round_piece()
         piece.seconds = self.time_breakdown()
+        piece.trained_at = self._trained_at
         piece.memory = self.memory_report()
         (piece.bytes_sent, piece.bytes_received, piece.model_bytes_sent,
          piece.model_bytes_received) = self.byte_delta.take(self.byte_counter)
@@ -126,6 +133,46 @@ class RoleProcess(ABC):
                     this_time, summary["rounds_completed"], self.config.n_comm_rounds, summary["wall_seconds"],
                     summary["tokens_per_second"] or 0, _fmt(summary["final_global_loss"]), _fmt(summary["val_loss"]),
                     _fmt(summary["val_loss_se"]), _fmt(summary["val_perplexity"]), self.session.output_dir)
+
+
+class RoundClock:
+    """One process's round, by named parts (seconds; `time_breakdown` reports them, results.md shows
+    them as the round's gaps). Each part is timed where it happens:
+
+    - start: from the round's start to its first step (a client: loading its first silo, building its
+      trainer, fetching the first batch; a server: waiting for the first message, the pipeline fill)
+    - switch: a client process from one silo's end to the next silo's first step (silo switches)
+    - drain: a client trainer's `finish` at each silo's end (head on the client: settling the OUTPUTs
+      still awaited; that is final-head compute as well as waiting for the server)
+    - barrier: waiting at the round-end barrier for the other processes (the last silo's drain)
+    - fedavg: from the barrier to the end of the round (FedAvg's all-reduce, the server optimiser's
+      step, the model download, the last flush)
+    """
+
+    PARTS = ("start", "switch", "drain", "barrier", "fedavg")
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.parts: dict[str, float] = {}
+        self.silo_ended: float | None = None  # perf_counter at the end of the last silo trained this round
+        self.barrier_left = self.started      # ... when this process left the round-end barrier
+
+    def add(self, part: str, since: float) -> float:
+        """Add the seconds from `since` to now to `part`; returns now (perf_counter)."""
+        now = time.perf_counter()
+        self.parts[part] = self.parts.get(part, 0.0) + max(0.0, now - since)
+        return now
+
+    def end(self) -> float:
+        """The round's part is done here: what followed the barrier was FedAvg; returns now."""
+        return self.add("fedavg", self.barrier_left) if "barrier" in self.parts else time.perf_counter()
+
+    def first_step(self) -> None:
+        """A client's silo is about to take its first step: the round's start or a silo switch ends."""
+        if self.silo_ended is None:
+            self.add("start", self.started)
+        else:
+            self.add("switch", self.silo_ended)
 
 
 def current_rss_bytes() -> int:

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from fedbiobert.aggregate import WeightedSum
+from fedbiobert.aggregate import WeightedSum, averaged_keys
+from fedbiobert.checkpoint import resume_state_path
 from fedbiobert.comm.errors import PeerError
 from fedbiobert.comm.wan import WanModel
 from fedbiobert.data import BatchLoader
@@ -21,6 +22,7 @@ from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
 from fedbiobert.model import load_unique_state, unique_state
 from fedbiobert.roles.base import NonFiniteError, RoleProcess
+from fedbiobert.roles.exchange import ModelExchange, ResidualFiles
 from fedbiobert.roles.round_end import RoundPiece, cpu_state
 from fedbiobert.seeding import derive_seed, seed_torch
 from fedbiobert.server_optimizer import ServerOptimizer, ServerOptimizerSettings
@@ -53,6 +55,10 @@ class ClientProcess(RoleProcess):
         self.model.to(session.device)
         self.federated_keys = algorithm.federated_client_keys(self.model)
         self.global_state = cpu_state(unique_state(self.model))  # no aliases: see unique_state
+        self.exchange = ModelExchange(session.config.exchange_dtype, session.config.exchange_error_feedback,
+                                      averaged_keys(self.global_state, self.federated_keys), self.global_state)
+        self.residual_files = ResidualFiles(resume_state_path(session.config.output_dir).parent / "exchange",
+                                            session.config.keep_exports)
         self.private_states: dict[int, dict] = {}
         # The client parts' server optimiser: every client process steps an identical copy on identical
         # inputs (the round-start part and the all-reduced average), so all hold the same result.
@@ -85,6 +91,7 @@ class ClientProcess(RoleProcess):
         if self.algorithm.server_takes_turns:
             self._wait_for_turn(round_idx)
         self.silos_sampled, self.silos_reported = len(trained_silos), 0
+        uploads = []  # bytes each reporting silo put on its link
         for silo_id in trained_silos:
             self._load_silo(silo_id)
             problem = self._train_silo(silo_id, round_idx)
@@ -92,18 +99,29 @@ class ClientProcess(RoleProcess):
                 self._drop_silo(silo_id, round_idx, problem)
                 continue
             trained = unique_state(self.model)
-            weighted_sum.add(trained, self.session.silo_weight(silo_id))
+            upload = self.exchange.upload(silo_id, trained, self.global_state)  # what survives its encoding
+            weighted_sum.add(upload.state, self.session.silo_weight(silo_id))
+            self._record_transfer("upload", upload, round_idx, silo_id)
+            uploads.append(upload.nbytes)
             self._keep_private(silo_id, trained)
             self.silos_reported += 1
         if self.channel is not None:
             # Paired with the server loop's ROUND_DONE count: nothing more from this process this round.
             self.channel.send(Message(Kind.CONTROL, round=round_idx, control=Control.ROUND_DONE), self.server_rank)
-        self._upload_client_parts(len(trained_silos), weighted_sum.nbytes)  # overlaps the server's drain
+        self._upload_client_parts(uploads)  # overlaps the server's drain
         self.meet_at_round_end()  # paired with every rank's call
         averaged = weighted_sum.reduce(self.session.collectives.sum_clients)  # every client process calls
+        download_bytes = 0
         if averaged is not None:
-            self.global_state.update(self.fedopt.step(self.global_state, averaged))
-        self._download_average(len(trained_silos), weighted_sum.nbytes)
+            download = self.exchange.download(self.global_state, self.fedopt.step(self.global_state, averaged))
+            self.global_state.update(download.state)
+            download_bytes = download.nbytes
+            if trained_silos:
+                self._record_transfer("download", download, round_idx, None)
+        self._download_average(len(trained_silos), download_bytes)
+        # beside the checkpoint rank 0 writes after the gather (roles/exchange.py says why it is safe)
+        self.exchange.save_residuals(self.residual_files, round_idx + 1, trained_silos,
+                                     aggregator=self.rank == self.topology.client_ranks[0])
         if self.channel is not None:
             self.channel.flush()  # only now: the server drains our last batches during the model exchange
 
@@ -120,21 +138,21 @@ class ClientProcess(RoleProcess):
                 raise RuntimeError(f"protocol error: expected TURN of round {round_idx + 1} from server rank "
                                    f"{self.server_rank}, got {message.kind.name} {message.control.name}")
 
-    def _upload_client_parts(self, num_silos: int, state_bytes: int) -> None:
-        """Count each trained silo's upload of the federated client part and, over an emulated WAN,
-        spend the time it would take. Each silo (hospital) has its own connection, so the silos of this
-        process upload in parallel: one upload, queued behind the activations still on this
-        process's connection (the server drains those meanwhile)."""
-        if not self.algorithm.exchanges_model or not num_silos:
+    def _upload_client_parts(self, uploads: list[int]) -> None:
+        """Count each reporting silo's upload (its encoded bytes) and, over an emulated WAN, spend the
+        time it would take. Each silo (hospital) has its own connection, so the silos of this process
+        upload in parallel: the largest upload, queued behind the activations still on this process's
+        connection (the server drains those meanwhile)."""
+        if not self.algorithm.exchanges_model or not uploads:
             return  # one process, no aggregator (centralized), or nothing trained here: nothing is exchanged
-        for _ in range(num_silos):
-            self.byte_counter.add_model_exchange("sent", state_bytes)
+        for nbytes in uploads:
+            self.byte_counter.add_model_exchange("sent", nbytes)
         if self.wan is not None:
-            self._spend(max(0.0, self._upload_arrival(state_bytes) - time.time()))
+            self._spend(max(0.0, self._upload_arrival(max(uploads)) - time.time()))
 
     def _download_average(self, num_silos: int, state_bytes: int) -> None:
-        """Once every upload is in, each trained silo downloads the averaged client part."""
-        if not self.algorithm.exchanges_model or not num_silos:
+        """Once every upload is in, each sampled silo downloads the new global part (encoded)."""
+        if not self.algorithm.exchanges_model or not num_silos or not state_bytes:
             return
         for _ in range(num_silos):
             self.byte_counter.add_model_exchange("received", state_bytes)
@@ -172,6 +190,7 @@ class ClientProcess(RoleProcess):
         except (PeerError, NonFiniteError):
             raise
         except Exception as error:  # noqa: BLE001 -- any failure of one silo's own work
+            self.clock.silo_ended = time.perf_counter()  # the next silo's switch starts here
             return self._abandon_silo(trainer, silo_id, round_idx, error)
         logger.debug("client %d round %d trained in %.2fs", silo_id, round_idx + 1, time.time() - started)
         if fault == "nan":  # chaos testing: a poisoned update
@@ -191,6 +210,8 @@ class ClientProcess(RoleProcess):
         for local_round in range(config.n_local_rounds):
             for batch_idx, batch in enumerate(self._batches(silo_id, round_idx, local_round)):
                 global_step = round_idx * config.steps_per_round + local_round * config.num_batch + batch_idx
+                if not local_round and not batch_idx:
+                    self.clock.first_step()  # the round's start or a silo switch ends here
                 result = trainer.step(batch.to(self.session.device, non_blocking=self.non_blocking), global_step)
                 self._record(result, round_idx)
                 if fault in ("error", "stall"):
@@ -199,8 +220,10 @@ class ClientProcess(RoleProcess):
                 if deadline is not None and time.time() > deadline:
                     raise SiloTimeout(f"still training after --silo_timeout {config.silo_timeout:g}s "
                                       f"(step {batch_idx + 1} of local round {local_round + 1})")
+        finishing = time.perf_counter()
         for result in trainer.finish():
             self._record(result, round_idx)
+        self.clock.silo_ended = self.clock.add("drain", finishing)  # the next silo's switch starts here
 
     def _abandon_silo(self, trainer, silo_id: int, round_idx: int, error: Exception) -> str:
         expected = isinstance(error, (SiloTimeout, InjectedFault))
@@ -256,6 +279,9 @@ class ClientProcess(RoleProcess):
             self.private_states[silo_id] = cpu_state({key: trained[key] for key in private_keys})
 
     def _apply_resume(self, resume: dict | None) -> None:
+        self.exchange.load_residuals(self.residual_files, None if resume is None else int(resume["round"]),
+                                     sorted(self.topology.silos_at(self.rank)),
+                                     aggregator=self.rank == self.topology.client_ranks[0])
         if resume is None:
             return
         self.global_state.update(resume["client_state"])
@@ -265,6 +291,15 @@ class ClientProcess(RoleProcess):
         if resume.get("client_fedopt") is not None:
             self.fedopt.load_state_dict(resume["client_fedopt"])
         self.silo_optimizers = {cid: s for cid, s in resume.get("silo_optimizers", {}).items() if cid in mine}
+
+    def _record_transfer(self, direction: str, transfer, round_idx: int, silo_id: int | None) -> None:
+        """An `exchange` event in metrics.jsonl: a silo's upload or this process's download of the round's
+        model exchange, its encoded bytes and what the encoding lost (docs/model-exchange.md)."""
+        if self.algorithm.exchanges_model:
+            self.events.record("exchange", round=round_idx + 1, silo_id=silo_id, direction=direction,
+                               exchange_dtype=self.exchange.dtype, nbytes=transfer.nbytes,
+                               relative_error=transfer.relative_error,
+                               changed_row_share=transfer.changed_row_share)
 
     def _record(self, result, round_idx: int) -> None:
         self.events.record("step", round=round_idx + 1, step=result.step, silo_id=result.silo_id,

@@ -39,7 +39,8 @@ class RoundPiece:
     fedopt_state: dict | None = None             # the server optimiser of the averaged part (see server_optimizer)
     silo_optimizers: dict[int, list] = field(default_factory=dict)  # --keep_silo_optimizer: silo_id -> AdamW states
     optimizer_state: list | None = None          # a server's AdamW states kept across rounds
-    seconds: dict[str, float] = field(default_factory=dict)  # compute / wait / comm / elapsed this round
+    seconds: dict[str, float] = field(default_factory=dict)  # compute / wait / comm / elapsed / parts this round
+    trained_at: float = 0.0      # time.time() when this process's part of the round, FedAvg included, ended
     silos_sampled: int = 0       # client processes: silos sampled here this round
     silos_reported: int = 0      # ... and those whose update went into the average
     memory: dict[str, float] = field(default_factory=dict)  # see RoleProcess.memory_report
@@ -101,11 +102,12 @@ class RoundWriter:
                 f"(--min_clients {self.config.min_clients}); stopping at {kept}")
 
     def write(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
-        trained_until = time.time()  # the round's training ends here; validation and writing are not training
+        trained_until, handoff = training_end(pieces, time.time())
         state = self._resume_state(round_idx, pieces)
         model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
         validation = self.validation.evaluate(model, self.config.precision)
         summary = self._round_event(round_idx, pieces, validation, trained_until)
+        summary["handoff_seconds"] = round(handoff, 4)
         state["run_seconds"] = summary["seconds"]
         export_round(self.session.output_dir, round_idx + 1, model, self.session.tokenizer)
         save_resume_state(self.session.output_dir, state)
@@ -150,7 +152,8 @@ class RoundWriter:
 
     def _round_event(self, round_idx: int, pieces: list[RoundPiece], validation, trained_until: float) -> dict:
         """The round's summary event. round_seconds is training time: from the end of the last
-        round's report to the end of this round's FedAvg (validation and writing excluded)."""
+        round's report to the end of this round's FedAvg on the last process to finish it (the
+        hand-off of the round to rank 0, validation and writing excluded: see training_end)."""
         now = trained_until
         round_seconds = now - self.round_started
         val_loss = validation.loss if validation is not None else None
@@ -205,6 +208,8 @@ class RoundWriter:
             "bytes_up": sum(entry["bytes_sent"] or 0 for entry in rounds),
             "bytes_down": sum(entry["bytes_received"] or 0 for entry in rounds),
             "wan": self.config.wan, "comm_dtype": self.config.comm_dtype,
+            "exchange_dtype": self.config.exchange_dtype, "exchange_error_feedback": self.config.exchange_error_feedback,
+            "decoders_tied": self.joined is not None and _decoder_tied(self.joined),
             "time_breakdown": _sum_breakdowns(rounds),
             "memory": _max_by_role(entry.get("memory") or {} for entry in rounds),
             "pipeline_efficiency": _pipeline_efficiency(rounds),
@@ -230,15 +235,30 @@ def optimizer_states(pieces: list[RoundPiece]) -> dict:
                                   if piece.optimizer_state is not None}}
 
 
+def training_end(pieces: list[RoundPiece], gathered_at: float) -> tuple[float, float]:
+    """When the round's training ended, and the seconds from then to `gathered_at` (the hand-off: each
+    process building its piece and the gather to rank 0, which only the report needs): the latest
+    process's end of FedAvg, on its own clock, kept between rank 0's end (the gather starts after it)
+    and `gathered_at` (so clocks of other hosts that disagree cannot move it out of that span)."""
+    own = next((piece.trained_at for piece in pieces if piece.rank == 0), 0.0)
+    latest = max((piece.trained_at for piece in pieces), default=0.0)
+    if not own or not latest:  # pieces without a time: the gather's end, as before
+        return gathered_at, 0.0
+    ended = min(gathered_at, max(own, latest))
+    return ended, gathered_at - ended
+
+
 def time_breakdown(pieces: list[RoundPiece]) -> dict[str, dict[str, float]]:
-    """Per role, the mean over its processes of compute / wait / comm seconds this round, plus the
-    busiest process's compute seconds (the pipeline's slowest stage)."""
+    """Per role, the mean over its processes of compute / wait / comm seconds this round and of each
+    named part of the round (RoundClock.PARTS, 0 where a process had none), plus the busiest
+    process's compute seconds (the pipeline's slowest stage)."""
     result = {}
     for role in ("client", "server"):
         seconds = [piece.seconds for piece in pieces if piece.role == role and piece.seconds]
         if seconds:
-            result[role] = {key: round(sum(s[key] for s in seconds) / len(seconds), 4)
-                            for key in ("compute", "wait", "comm", "elapsed")}
+            keys = ["compute", "wait", "comm", "elapsed"]
+            keys += sorted({key for s in seconds for key in s} - set(keys))
+            result[role] = {key: round(sum(s.get(key, 0.0) for s in seconds) / len(seconds), 4) for key in keys}
             result[role]["max_compute"] = round(max(s["compute"] for s in seconds), 4)
             result[role]["max_elapsed"] = round(max(s["elapsed"] for s in seconds), 4)
     return result
@@ -275,6 +295,11 @@ def _pipeline_efficiency(history: list[dict]) -> float | None:
     busiest = sum(max(s["max_compute"] for s in entry["time_breakdown"].values()) for entry in history)
     elapsed = sum(max(s["max_elapsed"] for s in entry["time_breakdown"].values()) for entry in history)
     return round(busiest / elapsed, 4) if elapsed > 0 else None
+
+
+def _decoder_tied(model) -> bool:
+    """Whether the run trained with the final decoder tied to the word embeddings (--tie_decoders)."""
+    return model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 def _perplexity(loss: float | None) -> float | None:

@@ -90,6 +90,8 @@ class ServerProcess(RoleProcess):
         last_keepalive = time.monotonic()
         while still_sending:
             message = self.channel.recv(source)
+            if "start" not in self.clock.parts:  # the pipeline's fill: the round's first message is here
+                self.clock.add("start", self.clock.started)
             if message.kind is Kind.CONTROL and message.control is Control.ROUND_DONE:
                 still_sending.discard(message.source)  # paired with ClientProcess.train_round's send
                 continue

@@ -163,6 +163,8 @@ CATALOGUE = {
         "--server_recompute True applies to --algorithm fedbiobert with --head_placement client"),
     "mmap threshold above glibc's": Bad(lambda t, c: ["--mmap_threshold_mb", "64"],
                                         "--mmap_threshold_mb 64.0 is outside [0, 32]"),
+    "malloc trim period below zero": Bad(lambda t, c: ["--malloc_trim_seconds", "-1"],
+                                         "--malloc_trim_seconds -1.0 must be 0 (never) or a positive number"),
     "on_cuda with fewer GPUs than processes": pytest.param(
         Bad(lambda t, c: ["--on_cuda", "True"], "--on_cuda True runs 3 processes on this node but it has"),
         marks=pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() >= 3,
@@ -178,6 +180,11 @@ CATALOGUE = {
     "server optimiser where nothing is averaged": Bad(
         lambda t, c: ["--algorithm", "centralized", "--n_clients", "1", "--server_optimizer", "fedadam"],
         "--server_optimizer fedadam steps on averaged parts, and --algorithm centralized averages none", world=1),
+    "tied decoders with the head on the server": Bad(
+        lambda t, c: ["--tie_decoders", "True", "--head_placement", "server"],
+        "--tie_decoders True needs the final MLM head beside the word embeddings"),
+    "unknown exchange dtype": Bad(lambda t, c: ["--exchange_dtype", "int4"],
+                                  "argument --exchange_dtype: invalid choice: 'int4'"),
     "fedbert parallel schedule, too few servers": Bad(
         lambda t, c: ["--algorithm", "fedbert", "--server_schedule", "parallel"],
         "or use --server_schedule sequential with --num_device 1)"),

@@ -203,10 +203,13 @@ def test_like_for_like_link_overhead_bound_target_and_quality_hand_computed():
     assert head_server["speedup_vs_fedbert"] == 8.0 / 3.0  # against the published FedBERT
     assert head_server["speedup_like_for_like"] == 2.0  # 6.0 / 3.0: FedBERT with its head on the server too
     assert head_server["like_for_like_baseline"] == "fedbert-0-4-serverhead"
-    assert head_server["stage_bound"] == (0.5 + 5.0) / 2.75  # FedBERT's serial compute / busiest stage = 2.0
-    assert head_server["bound_fraction"] == pytest.approx(1.0)
+    assert head_server["stage_bound"] == 6.0 / 2.75  # the baseline's s/round / this run's busiest stage
+    assert head_server["bound_fraction"] == pytest.approx(2.75 / 3.0)  # busiest stage / this run's s/round
+    assert head_server["serial_stage_bound"] == (0.5 + 5.0) / 2.75  # the earlier form: FedBERT's serial compute
     assert by_name["fedbiobert-2-2"]["speedup_like_for_like"] == 2.0  # 8.0 / 4.0
-    assert by_name["fedbiobert-2-2"]["stage_bound"] == 7.0 / 3.5
+    assert by_name["fedbiobert-2-2"]["stage_bound"] == 8.0 / 3.5
+    assert by_name["fedbiobert-2-2"]["bound_fraction"] == pytest.approx(3.5 / 4.0)
+    assert by_name["fedbiobert-2-2"]["serial_stage_bound"] == 7.0 / 3.5
     assert by_name["fedbiobert-2-2-serverhead@100mbit-5ms"]["link_overhead"] == 1.5  # 4.5 / 3.0
     assert by_name["fedbert-0-4@100mbit-5ms"]["link_overhead"] == 2.0
     assert by_name["fedbert-0-4"]["link_overhead"] is None and by_name["fedbert-0-4"]["stage_bound"] is None

@@ -64,5 +64,8 @@ def test_fedbert_in_the_readme_layout_runs_through_the_launcher(tmp_path, small_
     assert result.stderr.count("rounds to 0 clients a round; sampling 1") == 1, result.stderr[-3000:]
     assert result.stderr.count("--pn_normalize means nothing") == 1
     assert sorted(path.name for path in output.glob("round*")) == ["round2"]
-    assert sorted(path.name for path in (output / "checkpoint").iterdir()) == ["round2.pt", "state.pt"]
+    assert sorted(path.name for path in (output / "checkpoint").iterdir()) == ["exchange", "round2.pt", "state.pt"]
+    # --keep_exports 1: the error-feedback residuals round 2's checkpoint resumes with, no older ones
+    assert sorted(path.name for path in (output / "checkpoint" / "exchange").glob("aggregate*")) == \
+        ["aggregate.round2.pt"]
     assert len({stat.S_IMODE(path.stat().st_mode) for path in (output / "round2").iterdir()}) == 1

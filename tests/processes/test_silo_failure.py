@@ -52,4 +52,6 @@ def test_a_failed_silo_below_min_clients_stops_at_the_last_checkpoint(tmp_path, 
     assert result.returncode != 0
     assert "round 1: only 3 of 4 sampled clients reported" in result.stderr
     assert "no round completed yet" in result.stderr
-    assert not (output / "round1").exists() and not (output / "checkpoint").exists()
+    # no round state; the silos' error-feedback residuals of the failed round may be there (written before
+    # the verdict, round-tagged: a resume loads only those of its checkpoint's round)
+    assert not (output / "round1").exists() and not list((output / "checkpoint").glob("*.pt"))

@@ -17,7 +17,10 @@ from fedbiobert.model import (
     masked_positions,
     masked_targets,
     mlm_loss,
+    output_embedding_key,
     split_model,
+    tie_decoder,
+    unique_state,
 )
 
 SEED = 1234
@@ -261,3 +264,35 @@ def test_final_logits_without_final_head_raises():
     client, _ = split_model(full, 2, "server")
     with pytest.raises(ValueError, match="final head"):
         client.final_logits(torch.zeros(1, HIDDEN_SIZE))
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_tied_decoders_one_matrix_exchanged_and_export_loads_tied(arch, tmp_path):
+    config, full, _ = twin_models(arch)
+    tie_decoder(full)
+    assert config.tie_word_embeddings is False  # the caller's config is left alone
+    client, server = split_model(full, 2, "client")
+    embedding = client.embeddings.word_embeddings.weight
+    final_decoder = client.final_head.predictions.decoder if arch == "bert" else client.final_head.decoder
+    assert final_decoder.weight is embedding and client.aux_head.decoder.weight is embedding
+    state = unique_state(client)
+    decoder_key = output_embedding_key(full)
+    assert decoder_key not in state and f"{'bert' if arch == 'bert' else 'roberta'}.embeddings.word_embeddings.weight" \
+        in state
+    untied_client, _ = split_model(build_full_model(config, seed=SEED), 2, "client")
+    vocabulary_matrix = VOCAB_SIZE * HIDDEN_SIZE
+    assert sum(v.numel() for v in unique_state(untied_client).values()) - sum(v.numel() for v in state.values()) \
+        == vocabulary_matrix + VOCAB_SIZE  # one vocabulary matrix (and the unused bias copy) fewer to exchange
+    perturb_(client, torch.Generator().manual_seed(3))
+    joined = build_joined_model(config, state, server.state_dict())
+    assert joined.get_output_embeddings().weight is joined.get_input_embeddings().weight
+    joined.save_pretrained(tmp_path)
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path, local_files_only=True).eval()
+    assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
+    head = reloaded.cls.predictions if arch == "bert" else reloaded.lm_head
+    assert head.bias is head.decoder.bias  # HF ties the bias pair too only when the saved values agree
+    batch = padded_batch(arch)
+    with torch.no_grad():
+        expected = split_final_logits(client.eval(), server.eval(), batch)
+        assert_close(reference_logits(joined, batch), expected)
+        assert_close(reference_logits(reloaded, batch), expected)

@@ -48,7 +48,6 @@ class WeightedSum:
         self.keys = averaged_keys(template, keys)
         self.shapes = [(key, template[key].shape, template[key].dtype) for key in self.keys]
         numel = sum(template[key].numel() for key in self.keys)
-        self.nbytes = sum(template[key].numel() * template[key].element_size() for key in self.keys)
         self.flat = torch.zeros(numel + 1, dtype=torch.float32)  # last slot: the sum of weights
 
     def add(self, state: StateDict, weight: float) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from types import SimpleNamespace
 
 import torch
 
@@ -23,19 +24,21 @@ from fedbiobert.constants import EXCHANGE_DTYPES
 
 
 def client_part(preset, algorithm: str, cut: int, tied: bool):
-    """The federated state of a silo's part (as ClientProcess builds it) and its keys."""
-    from fedbiobert.model import ModelSpec, build_full_model, client_state_keys, split_model, tie_decoder, unique_state
+    """The federated state of a silo's part and its keys: the algorithm's own split and key choice, as
+    ClientProcess makes them (an Algorithm reads only `session.config` for these)."""
+    from fedbiobert.algorithms import algorithm_class
+    from fedbiobert.config import Config
+    from fedbiobert.model import ModelSpec, build_full_model, tie_decoder, unique_state
     spec = ModelSpec(arch="bert", vocab_size=preset.vocab_size, hidden_size=preset.hidden_size,
                      num_attention_heads=preset.num_attention_heads, intermediate_size=preset.intermediate_size,
                      num_layers=preset.num_layers, max_len=preset.max_len, pad_token_id=0)
     model = build_full_model(spec, seed=0)
     if tied:
         tie_decoder(model)
-    client, _ = split_model(model, preset.num_layers if algorithm == "fedavg" else cut, "client")
-    keys = client_state_keys(client, include_embedding_and_heads=True)
-    if algorithm == "fedbert":  # no local loss: its auxiliary head never trains and is not exchanged
-        keys = [key for key in keys if not key.startswith("aux_head.")]
-    return unique_state(client), keys
+    config = Config(algorithm=algorithm, num_client_encoder=cut, num_server_encoder=preset.num_layers - cut)
+    rules = algorithm_class(algorithm)(SimpleNamespace(config=config))
+    client, _ = rules.split(model)
+    return unique_state(client), rules.federated_client_keys(client)
 
 
 def measure(state: dict, keys: list[str], dtype: str) -> tuple[int, float | None]:
@@ -54,7 +57,7 @@ def rows(preset_name: str, cuts: tuple[int, ...] | None = None) -> list[dict]:
     """Every part x tying x encoding; fedbiobert at `cuts` (default: the preset's cuts)."""
     preset = PRESETS[preset_name]
     parts = [("fedbiobert", cut) for cut in cuts or preset.fedbiobert_cuts]
-    parts += [("fedbert", 0), ("fedavg", preset.num_layers)]
+    parts += [("fedbert", 0), ("fedavg", preset.num_layers)]  # fedavg: the whole model on the client
     results = []
     for algorithm, cut in parts:
         for tied in (False, True):

@@ -168,6 +168,11 @@ def tie_decoder(model: PreTrainedModel) -> None:
     model.config.tie_word_embeddings = True
 
 
+def decoder_is_tied(model: PreTrainedModel) -> bool:
+    """The final decoder's weight IS the word-embedding matrix (tie_decoder was applied)."""
+    return model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
 def decoder_is_embeddings_copy(model: PreTrainedModel) -> bool:
     """The decoder holds exactly the word embeddings' values (a fresh init; a warm start without an MLM head)."""
     return torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight)

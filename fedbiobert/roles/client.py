@@ -121,7 +121,7 @@ class ClientProcess(RoleProcess):
         self._download_average(len(trained_silos), download_bytes)
         # beside the checkpoint rank 0 writes after the gather (roles/exchange.py says why it is safe)
         self.exchange.save_residuals(self.residual_files, round_idx + 1, trained_silos,
-                                     aggregator=self.rank == self.topology.client_ranks[0])
+                                     aggregator=self.is_first_client)
         if self.channel is not None:
             self.channel.flush()  # only now: the server drains our last batches during the model exchange
 
@@ -259,8 +259,13 @@ class ClientProcess(RoleProcess):
         seed = derive_seed(config.manual_seed, "batches", round_idx, self._seed_key(silo_id), local_round)
         return self.batch_loader.batches(self.session.silo_indices[silo_id], seed)
 
+    @property
+    def is_first_client(self) -> bool:
+        """The client process that reports the shared client part and keeps the aggregate's residual."""
+        return self.rank == self.topology.client_ranks[0]
+
     def round_piece(self) -> RoundPiece:
-        first_client = self.rank == self.topology.client_ranks[0]
+        first_client = self.is_first_client
         return RoundPiece(rank=self.rank, role="client", events=self.events.drain(),
                           client_state=cpu_state(self.global_state) if first_client else None,
                           fedopt_state=self.fedopt.state_dict() if first_client else None,
@@ -281,7 +286,7 @@ class ClientProcess(RoleProcess):
     def _apply_resume(self, resume: dict | None) -> None:
         self.exchange.load_residuals(self.residual_files, None if resume is None else int(resume["round"]),
                                      sorted(self.topology.silos_at(self.rank)),
-                                     aggregator=self.rank == self.topology.client_ranks[0])
+                                     aggregator=self.is_first_client)
         if resume is None:
             return
         self.global_state.update(resume["client_state"])

@@ -75,9 +75,9 @@ class ModelExchange:
         if self.lossless:
             return Transfer({key: trained[key] for key in self.keys}, self.fp32_bytes)
         delta = state_delta(trained, round_start, self.keys)
+        changed = changed_row_share(delta, self.embedding_keys)  # before send() overwrites the delta
         sent = self._uplink(silo_id).send(delta)
-        return Transfer(_added(round_start, sent.delta), sent.nbytes, sent.relative_error,
-                        changed_row_share(delta, self.embedding_keys))
+        return Transfer(_added(round_start, sent.delta), sent.nbytes, sent.relative_error, changed)
 
     @property
     def keeps_residuals(self) -> bool:
@@ -160,5 +160,5 @@ class ResidualFiles:
 
 
 def _added(round_start: StateDict, delta: StateDict) -> StateDict:
-    """round_start + delta, in round_start's dtypes (fp32 master weights: exact up to fp32 rounding)."""
-    return {key: (round_start[key].float() + value).to(round_start[key].dtype) for key, value in delta.items()}
+    """round_start + delta in round_start's dtypes, added into `delta` (a decoded copy this module owns)."""
+    return {key: value.add_(round_start[key]).to(round_start[key].dtype) for key, value in delta.items()}

@@ -19,7 +19,7 @@ from fedbiobert.checkpoint import (config_record, data_fingerprints, export_roun
                                    save_resume_state)
 from fedbiobert.validation import ValidationSet
 from fedbiobert.metrics import Progress, RunReporter, mean
-from fedbiobert.model import build_joined_model, load_joined_state
+from fedbiobert.model import build_joined_model, decoder_is_tied, load_joined_state
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class RoundWriter:
             "bytes_down": sum(entry["bytes_received"] or 0 for entry in rounds),
             "wan": self.config.wan, "comm_dtype": self.config.comm_dtype,
             "exchange_dtype": self.config.exchange_dtype, "exchange_error_feedback": self.config.exchange_error_feedback,
-            "decoders_tied": self.joined is not None and _decoder_tied(self.joined),
+            "decoders_tied": self.joined is not None and decoder_is_tied(self.joined),
             "time_breakdown": _sum_breakdowns(rounds),
             "memory": _max_by_role(entry.get("memory") or {} for entry in rounds),
             "pipeline_efficiency": _pipeline_efficiency(rounds),
@@ -295,11 +295,6 @@ def _pipeline_efficiency(history: list[dict]) -> float | None:
     busiest = sum(max(s["max_compute"] for s in entry["time_breakdown"].values()) for entry in history)
     elapsed = sum(max(s["max_elapsed"] for s in entry["time_breakdown"].values()) for entry in history)
     return round(busiest / elapsed, 4) if elapsed > 0 else None
-
-
-def _decoder_tied(model) -> bool:
-    """Whether the run trained with the final decoder tied to the word embeddings (--tie_decoders)."""
-    return model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 def _perplexity(loss: float | None) -> float | None:

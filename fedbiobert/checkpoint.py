@@ -47,7 +47,7 @@ RESUME_MUST_MATCH = (
     "n_clients", "participation_ratio", "num_servers", "fedavg_embedding_head", "fedavg_server_model",
     "fl_aggregate", "manual_seed", "client_seeds", "data", "tot_files", "partition_data", "dirichlet_alpha",
     "label_suffix", "val_ratio", "val_blocks", "mlm_probability", "server_optimizer",
-    "tie_decoders",
+    "tie_decoders", "lora_rank", "lora_alpha", "lora_targets", "lora_train_embeddings",
 )
 # Not --precision: master weights are fp32 in every precision, so a checkpoint means the same whatever
 # the compute dtype that trained it (a run may resume in another precision; see fedbiobert/precision.py).

@@ -88,7 +88,27 @@ class Session:
             model = build_full_model(self.hf_config, seed=self.config.manual_seed)
         if decoders_tied(self.config, model, self.resume):
             tie_decoder(model)
+        if self.config.lora is not None:
+            add_pretraining_adapters(model, self.config)
         return model
+
+
+def add_pretraining_adapters(model, config: Config) -> None:
+    """--lora_rank: adapters on the frozen encoder (fedbiobert/lora.py); the MLM heads train in full (the
+    auxiliary head, a copy of the final head's transform made at the split, inherits that), the embeddings
+    (and the decoders tied to them) only with --lora_train_embeddings. Every process draws the same
+    adapters (one seed), as it loads the same base."""
+    from fedbiobert.lora import add_lora
+    from fedbiobert.optim import is_head_parameter
+    from fedbiobert.seeding import derive_seed
+
+    def trainable(name: str) -> bool:
+        return is_head_parameter(name) or (config.lora_train_embeddings and ".embeddings." in f".{name}")
+    names = add_lora(model, config.lora, derive_seed(config.manual_seed, "lora init"), trainable)
+    logger.info("LoRA rank %d on %s: %d trainable tensors, %d parameters of %d", config.lora.rank,
+                ",".join(config.lora.targets), len(names),
+                sum(param.numel() for param in model.parameters() if param.requires_grad),
+                sum(param.numel() for param in model.parameters()))
 
 
 def decoders_tied(config: Config, model, resume: dict | None = None) -> bool:

@@ -147,6 +147,9 @@ class Algorithm(ABC):
         """The client tensors FedAvg averages; the others stay private to each silo."""
         from fedbiobert.model.split import AUX_HEAD_PREFIX, client_state_keys  # see split_model_lazily
         keys = client_state_keys(client_model, self.config.fedavg_embedding_head)
+        if self.config.lora is not None:  # a frozen base is never exchanged: only what trains
+            trained = {name for name, param in client_model.named_parameters() if param.requires_grad}
+            keys = [key for key in keys if key in trained]
         if self.trains_aux_head:
             return keys
         # No local loss: the auxiliary head is never trained, so it is never exchanged either.

@@ -5,7 +5,9 @@
 - `parsers`: `ConfigError` and the parsers of structured option values (booleans, --fl_aggregate, ...);
 - `cli`: `parse_config(argv)`, command line + YAML/TOML file -> `Config`;
 - `checks`: `validate_static` (options alone) and `validate_world` (against the launch);
-- `paths`: `validate_paths` (data, tokenizer, checkpoints, output and cache folders).
+- `paths`: `validate_paths` (data, tokenizer, checkpoints, output and cache folders);
+- `lora`: LoRA's settings and their checks, without torch (the adapters: fedbiobert/lora.py);
+- `warm_start`, `preflight`: --init_from's checks and adoption; every check of a run in order.
 
 Every check raises `ConfigError` (a ValueError) with one line naming the bad value and what is
 accepted, so a run fails before any process trains.

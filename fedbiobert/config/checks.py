@@ -10,7 +10,9 @@ import dataclasses
 import logging
 import math
 
-from fedbiobert.config.options import Config, _require, parse_fl_aggregate, parse_gpu_ids, registered_algorithms
+from fedbiobert.config.lora import check_lora_values
+from fedbiobert.config.options import (Config, ConfigError, _require, parse_fl_aggregate, parse_gpu_ids,
+                                       registered_algorithms)
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ def validate_static(config: Config) -> None:
     _validate_server_output(config)
     parse_gpu_ids(config.gpu_ids)
     _validate_backend(config)
+    _validate_activation_defence(config)
+    _validate_lora(config)
     if config.tot_files is not None:
         _require(config.tot_files >= 1, f"--tot_files {config.tot_files} must be at least 1")
 
@@ -40,6 +44,28 @@ def _validate_backend(config: Config) -> None:
     if config.backend == "gloo":
         _require(not config.on_cuda, "--backend gloo carries CPU tensors only, and --on_cuda True keeps them on "
                  "GPUs (accepted with --on_cuda True: auto or nccl)")
+
+
+def _validate_lora(config: Config) -> None:
+    """--lora_rank's values (its targets against the model's widths: warm_start.py, which reads them)."""
+    if config.lora_rank == 0:
+        return
+    _require(config.lora_rank > 0, f"--lora_rank {config.lora_rank} (accepted: 0 (off) or an integer >= 1)")
+    _require(config.init_from is not None, f"--lora_rank {config.lora_rank} needs --init_from: LoRA adapts a "
+             "pre-trained model (accepted: --init_from DIR, e.g. models/minilm-l6, or --lora_rank 0)")
+    try:
+        check_lora_values(config.lora)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _validate_activation_defence(config: Config) -> None:
+    """--activation_noise / --activation_clip (fedbiobert/privacy/defence.py) act on a split client's sends."""
+    for name in ("activation_noise", "activation_clip"):
+        value = getattr(config, name)
+        _require(0 <= value < math.inf, f"--{name} {value} must be 0 (off) or a positive number")
+        _require(value == 0 or config.is_split, f"--{name} {value} applies to split algorithms "
+                 f"({_algorithms_where('is_split')}) only; this run has --algorithm {config.algorithm} (accepted: 0)")
 
 
 def _algorithms_where(rule: str) -> str:

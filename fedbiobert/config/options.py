@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from fedbiobert.config.parsers import (AGGREGATE_WEIGHTINGS, FAULT_KINDS, ConfigError, _require,  # noqa: F401
                                        parse_bool, parse_fl_aggregate, parse_gpu_ids, parse_injections)
+from fedbiobert.config.lora import LoraSettings, parse_targets
 from fedbiobert.constants import (ARCHS, DEFAULT_SERVER_LR, EXCHANGE_DTYPES, HEAD_PLACEMENTS, PARTITION_SCHEMES,
                                   SERVER_OPTIMIZERS)
 
@@ -105,6 +106,17 @@ class Config:
                                      "model exchange. Needs the final head with the embeddings (not --head_placement "
                                      "server). Default: tied where it can be, unless an --init_from decoder differs "
                                      "from its embeddings", group="model")
+    lora_rank: int = _opt(0, "train LoRA adapters of this rank on the frozen --init_from model instead of every "
+                          "weight (with the MLM heads, and the embeddings if --lora_train_embeddings): only what "
+                          "trains is exchanged at the round's end; exports merge the adapters. 0: off. "
+                          "docs/lora.md", group="model")
+    lora_alpha: float = _opt(16.0, "LoRA scaling alpha (the update is B A x alpha / rank)", group="model")
+    lora_dropout: float = _opt(0.05, "dropout on the LoRA adapters' input", group="model")
+    lora_targets: str = _opt("query,value", "encoder-layer linear modules that get adapters, comma-separated name "
+                             "suffixes (query, key, value, attention.output.dense, intermediate.dense, output.dense; "
+                             "dense: all three)", group="model")
+    lora_train_embeddings: bool = _opt(False, "with --lora_rank: the embeddings (and the decoders tied to them) "
+                                       "train and are exchanged too", group="model")
     server_output: str = _opt("auto", "head on the client: what the server sends back each step, its last hidden "
                               "states at every position (full: FedBERT as published, four activation-sized "
                               "transfers per step) or at the masked positions only (masked: the same loss and "
@@ -156,9 +168,16 @@ class Config:
                              group="federation")
     comm_dtype: str = _opt("fp32", "dtype of activations and gradients on the wire", choices=COMM_DTYPES,
                            group="federation")
+    activation_noise: float = _opt(0.0, "split algorithms: standard deviation of Gaussian noise added to every "
+                                   "element of the hidden states a client sends (after --activation_clip); the "
+                                   "client's own loss uses them un-noised. 0: off. What it costs and buys: "
+                                   "docs/privacy.md", group="federation")
+    activation_clip: float = _opt(0.0, "split algorithms: scale each token's sent hidden vector to L2 norm at most "
+                                  "this before the noise (the noise multiplier is then activation_noise / "
+                                  "activation_clip). 0: off", group="federation")
     exchange_dtype: str = _opt("int8", "how each silo sends its change since the round started in the model "
-                               "exchange, and the aggregate comes back: fp32 as is; bf16; fp16 or int8 with a scale per "
-                               "row (fedbiobert/codec.py; averaged in fp32). Measured in docs/model-exchange.md",
+                               "exchange, and the aggregate comes back: fp32 as is; bf16; fp16 or int8 with a scale "
+                               "per row (fedbiobert/codec.py; averaged in fp32). Measured in docs/model-exchange.md",
                                choices=EXCHANGE_DTYPES, group="federation")
     exchange_error_feedback: bool = _opt(True, "carry what --exchange_dtype lost to the sender's next round (each "
                                          "silo's upload and the aggregate's download)", group="federation")
@@ -275,6 +294,13 @@ class Config:
     def rules(self) -> type:
         """The Algorithm class of --algorithm: its rules (class attributes and classmethods)."""
         return algorithm_rules(self.algorithm, self.algorithm_module)
+
+    @property
+    def lora(self) -> LoraSettings | None:
+        """The LoRA settings (config/lora.py), None when every weight trains (--lora_rank 0)."""
+        if not self.lora_rank:
+            return None
+        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, parse_targets(self.lora_targets))
 
     @property
     def is_split(self) -> bool:

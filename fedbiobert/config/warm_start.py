@@ -18,6 +18,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from fedbiobert.config.lora import check_lora, layer_linears_of_config
 from fedbiobert.config.options import Config, ConfigError, _require
 
 # Option name -> the config.json key a warm start takes it from.
@@ -33,6 +34,7 @@ def validate_init_from(config: Config) -> None:
     _check_positions(config, hf_config)
     _check_shape(config, hf_config)
     _check_tokenizer(config, hf_config)
+    _check_lora_targets(config, hf_config)
 
 
 def adopt_init_from(config: Config) -> Config:
@@ -54,6 +56,17 @@ def read_model_config(init_from: str) -> dict:
         return json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"--init_from '{config_file}' is not readable JSON ({error})") from None
+
+
+def _check_lora_targets(config: Config, hf_config: dict) -> None:
+    """--lora_targets against the folder's encoder layers, --lora_rank against their widths."""
+    if config.lora is None:
+        return
+    try:
+        check_lora(config.lora, layer_linears_of_config(int(hf_config["hidden_size"]),
+                                                        int(hf_config["intermediate_size"])))
+    except (KeyError, ValueError) as error:
+        raise ConfigError(f"--init_from '{config.init_from}': {error}") from None
 
 
 def has_tokenizer(folder: str) -> bool:

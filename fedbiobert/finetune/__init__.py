@@ -12,6 +12,8 @@ Layout (one concern per module, data flows downward):
     train.py                the training loop (AdamW, linear warm-up/decay; frozen parts in eval mode) and prediction
     probe.py                a probe's encoder features computed once (cache), the task head run on them
     federated.py            FedAvg of the whole model (a probe: its head) over silos (engine's aggregate, topology)
+    aggregation.py          --aggregation: weighted (FedAvg), adaptive (Fed-MedLoRA+), exact (mean of B A); bytes
+    fedlora.py              --algorithm fedlora: LoRA adapters on the frozen model, its options and records
     silos.py                splitting the training examples into silos (random, dirichlet)
     run.py                  one fine-tuning run: data -> model (or its head alone: --probe) -> train -> test scores
     output.py               mean and standard deviation over seeds, and the printed results table

@@ -18,7 +18,9 @@ from pathlib import Path
 from fedbiobert.atomic import write_json_atomically
 from fedbiobert.constants import SERVER_OPTIMIZERS
 from fedbiobert.config.options import parse_bool  # True/False (1/0, yes/no), as the engine's options
+from fedbiobert.finetune.aggregation import AGGREGATIONS
 from fedbiobert.finetune.errors import InputError
+from fedbiobert.finetune.fedlora import ALGORITHMS, LORA_DEFAULT_LR, check_algorithm_options, lora_settings
 from fedbiobert.finetune.federated import ProcessContext
 from fedbiobert.finetune.modeling import TASKS
 from fedbiobert.finetune.output import results_table, summarize, summary_names
@@ -27,6 +29,9 @@ from fedbiobert.finetune.run import PROBE_LR, detect_task, load_task_data, run_o
 from fedbiobert.finetune.silos import MAX_SILOS, SPLITS
 
 logger = logging.getLogger(__name__)
+# the same in every seed's record (sizes of what is exchanged): copied to the top of the output
+COMMUNICATION_KEYS = ("aggregation", "bytes_up_per_round", "bytes_down_per_round", "bytes_up_per_silo",
+                      "bytes_down_per_silo", "full_model_bytes_per_silo", "communication_vs_full_model")
 PROG = "fedbiobert-finetune"
 
 
@@ -62,6 +67,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lr", type=float, help="peak learning rate (default 5e-5, 2e-5 for hidden >= 768; "
                        f"with --probe {PROBE_LR:g}: a head alone wants a much higher rate, 1e-3 to 1e-2)")
     _add_federated_optimisation(train)
+    _add_lora(parser.add_argument_group("federated LoRA (--algorithm fedlora; fedlora.py, aggregation.py)"))
     train.add_argument("--batch_size", type=int, default=32)
     train.add_argument("--max_len", type=int, default=128, help="sub-tokens per example, specials included")
     train.add_argument("--warmup_ratio", type=float, default=0.1)
@@ -95,6 +101,25 @@ def _add_federated_optimisation(group) -> None:
                        metavar="True|False", help="federated: each silo keeps its AdamW moments across rounds")
 
 
+def _add_lora(group) -> None:
+    group.add_argument("--algorithm", choices=ALGORITHMS, default="fedavg", help="federated: fedavg exchanges the "
+                       "whole model (or a probe's head); fedlora trains and exchanges LoRA adapters on the frozen "
+                       f"--model (and the task head), default --lr {LORA_DEFAULT_LR:g}")
+    group.add_argument("--aggregation", choices=AGGREGATIONS, default="weighted", help="federated: weighted "
+                       "(examples-weighted mean: Fed-MedLoRA with fedlora), adaptive (weights exp(1 - validation "
+                       "loss) on the dev split: Fed-MedLoRA+), exact (fedlora: the mean of the products B A, "
+                       "folded into the base each round)")
+    group.add_argument("--lora_rank", type=int, default=8, help="fedlora: adapter rank r")
+    group.add_argument("--lora_alpha", type=float, default=16.0, help="fedlora: scaling alpha (update x alpha / r)")
+    group.add_argument("--lora_dropout", type=float, default=0.05, help="fedlora: dropout on the adapter's input")
+    group.add_argument("--lora_targets", default="query,value", help="fedlora: encoder-layer linear modules to "
+                       "adapt, comma-separated name suffixes (query, key, value, attention.output.dense, "
+                       "intermediate.dense, output.dense; dense: all three)")
+    group.add_argument("--lora_exchange_head", type=parse_bool, nargs="?", const=True, default=True,
+                       metavar="True|False", help="fedlora: train and exchange the task head (False: the head "
+                       "stays its seeded initialisation, the same on every silo)")
+
+
 def _check_federated_optimisation(options) -> None:
     _require(0 < options.server_lr <= 100, f"--server_lr {options.server_lr} (accepted: 0 < rate <= 100)")
     for name in ("server_momentum", "server_beta1", "server_beta2"):
@@ -123,6 +148,7 @@ def check_options(options) -> list[int]:
     _require(options.lr is None or options.lr > 0, f"--lr {options.lr} (accepted: > 0)")
     _require(options.patience >= 0, f"--patience {options.patience} (accepted: >= 0)")
     _check_federated_optimisation(options)
+    check_algorithm_options(options)
     if options.seeds is None:
         return [options.seed]
     try:
@@ -164,12 +190,14 @@ def finetune(options, context: ProcessContext = ProcessContext()) -> dict:
         return {}
     mean, std = summarize(runs, summary_names(task))
     return {"task": task, "data": str(data), "mode": options.mode, "model": str(options.model),
-            "probe": bool(options.probe),
+            "probe": bool(options.probe), "algorithm": options.algorithm,
+            "lora": lora_settings(options).record() if options.algorithm == "fedlora" else None,
             "n_clients": options.n_clients if options.mode == "federated" else 1,
             "epochs": options.epochs if options.mode == "centralized" else None,
             "rounds": options.rounds if options.mode == "federated" else None,
             "local_epochs": options.local_epochs if options.mode == "federated" else None,
             "seed": seeds[0] if len(seeds) == 1 else seeds, "seeds": seeds, "world_size": context.world_size,
+            **{key: runs[0][key] for key in COMMUNICATION_KEYS if key in runs[0]},
             **mean, "std": std, "mean": mean, "runs": runs}
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from fedbiobert.aggregate import WeightedSum
+from fedbiobert.finetune.aggregation import Aggregation
 from fedbiobert.finetune.batching import num_batches
 from fedbiobert.finetune.train import Hyper, LinearSchedule, finetune_optimizer, train_epochs
 from fedbiobert.server_optimizer import ServerOptimizer, ServerOptimizerSettings
@@ -74,18 +74,23 @@ def train_silo(model, examples: list, hyper: Hyper, rounds: int, local_epochs: i
 def train_federated(model, silos: list[list], hyper: Hyper, rounds: int, local_epochs: int, seed: int,
                     pad_id: int, topology: Topology, context: ProcessContext = ProcessContext(),
                     on_round_end=lambda round_idx: False, averaged_keys: list[str] | None = None,
-                    optimisation: FederatedOptimisation = FederatedOptimisation()) -> list[float]:
+                    optimisation: FederatedOptimisation = FederatedOptimisation(),
+                    aggregation: Aggregation | None = None) -> list[float]:
     """Up to `rounds` federated rounds; stops when on_round_end(round) (same answer on every process).
 
     `averaged_keys`: the state keys to average (default every floating one). A probe passes its head's
-    names: the frozen encoder is the same everywhere, and averaging it would only add rounding."""
+    names: the frozen encoder is the same everywhere, and averaging it would only add rounding; fedlora
+    its adapters' (and head's). `aggregation` (aggregation.py; default: FedAvg by examples, then the
+    server optimiser) turns the round's models into the next global one and keeps the round's bytes."""
     global_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-    server = ServerOptimizer(optimisation.server)
+    if aggregation is None:
+        aggregation = Aggregation(averaged_keys, ServerOptimizer(optimisation.server), context.sum_across)
     silo_optimizers: dict[int, dict] = {}  # --keep_silo_optimizer: silo_id -> its AdamW state
     losses = []
     for round_idx in range(rounds):
-        total = WeightedSum(global_state, averaged_keys)
+        total = aggregation.new_sum(global_state)
         chosen = topology.silos_for(topology.client_ranks[context.rank], round_idx)
+        weights = {}
         for silo_id in chosen:
             model.load_state_dict(global_state)
             silo_losses, optimizer_state = train_silo(model, silos[silo_id], hyper, rounds, local_epochs,
@@ -93,10 +98,10 @@ def train_federated(model, silos: list[list], hyper: Hyper, rounds: int, local_e
             losses += silo_losses
             if optimisation.keep_silo_optimizer:
                 silo_optimizers[silo_id] = optimizer_state
-            total.add(model.state_dict(), float(len(silos[silo_id])))
-        averaged = total.reduce(context.sum_across)
-        global_state.update(server.step(global_state, averaged))
-        model.load_state_dict(global_state)
+            weights[silo_id] = aggregation.weight(model, len(silos[silo_id]), silo_id)
+            aggregation.add(total, model, weights[silo_id])
+        aggregation.apply(model, global_state, total.reduce(context.sum_across), round_idx)
+        aggregation.end_round(global_state, topology.clients_per_round, weights)
         logger.info("round %d/%d: silos %s on rank %d", round_idx + 1, rounds, chosen, context.rank)
         if on_round_end(round_idx):
             break

@@ -21,6 +21,8 @@ import numpy as np
 from fedbiobert.finetune import data_classification as cls_data
 from fedbiobert.finetune import data_ner as ner_data
 from fedbiobert.finetune.errors import InputError
+from fedbiobert.finetune.fedlora import (LORA_DEFAULT_LR, add_adapters, build_aggregation, communication_record,
+                                         lora_settings)
 from fedbiobert.finetune.federated import FederatedOptimisation, ProcessContext, build_topology, train_federated
 from fedbiobert.finetune.metrics import classification_scores, ner_scores
 from fedbiobert.finetune.modeling import RandomModelSize, build_random, freeze_encoder, load_pretrained
@@ -114,8 +116,11 @@ def build_model(options, task_data: TaskData, seed: int):
 
 
 def prepare_model(options, task_data: TaskData, seed: int):
-    """(model, tokenizer, averaged_keys): the state keys FedAvg averages, None (all) or a probe's head."""
+    """(model, tokenizer, averaged_keys): the state keys FedAvg averages, None (all), a probe's head or
+    fedlora's adapters (and head)."""
     model, tokenizer = build_model(options, task_data, seed)
+    if options.algorithm == "fedlora":
+        return model, tokenizer, add_adapters(model, options, seed)
     return model, tokenizer, (freeze_encoder(model) if options.probe else None)
 
 
@@ -146,7 +151,8 @@ def fine_tune(options, task_data: TaskData, seed: int, context: ProcessContext =
     pad_id = tokenizer.pad_token_id
     encoded = {name: encode(task_data, items, tokenizer, options.max_len)
                for name, items in (("train", task_data.train), ("dev", task_data.dev), ("test", task_data.test))}
-    hyper = Hyper(lr=options.lr or default_lr(model, options.probe), batch_size=options.batch_size,
+    hyper = Hyper(lr=options.lr or default_lr(model, options.probe, options.algorithm),
+                  batch_size=options.batch_size,
                   warmup_ratio=options.warmup_ratio, weight_decay=options.weight_decay)
     cached = bool(options.probe) and _CACHE_PROBE_FEATURES and supports_cached_head(model)
     if options.probe and not cached:
@@ -165,22 +171,30 @@ def _train_and_score(options, task_data, seed, context, model, averaged_keys, pa
                      inputs) -> Outcome:
     train, dev, test = inputs["train"], inputs.get("dev"), inputs.get("test")
     stopper = EarlyStopping(options.patience)
+    dev_history = []  # every epoch's (round's) dev scores: the learning curve (experiments/hilmkil.py reads it)
 
     def evaluate_dev(index: int) -> bool:
         stop = None
         if context.rank == 0:
-            dev_score = main_score(score(task_data, task_data.dev, encoded["dev"], predict(model, dev, hyper, pad_id)))
+            dev_scores = score(task_data, task_data.dev, encoded["dev"], predict(model, dev, hyper, pad_id))
+            dev_history.append({key: value for key, value in dev_scores.items() if not isinstance(value, dict)})
+            dev_score = main_score(dev_scores)
             logger.info("dev %s after %s %d: %.4f", "f1" if task_data.task == "ner" else "macro_f1",
                         "epoch" if options.mode == "centralized" else "round", index + 1, dev_score)
             stop = stopper.update(dev_score, model, index)
         return context.broadcast(stop)
 
     started = time.perf_counter()
+    communication = {}
     if options.mode == "centralized":
         losses = train_centralized(model, train, hyper, options.epochs, seed, pad_id, evaluate_dev)
     else:
+        aggregation = build_aggregation(options, averaged_keys, context, dev, pad_id, hyper, seed)
         losses = _train_federated(options, task_data, model, train, hyper, seed, pad_id, context, evaluate_dev,
-                                  averaged_keys)
+                                  averaged_keys, aggregation)
+        lora = options.algorithm == "fedlora"
+        communication = communication_record(aggregation, model.state_dict(),
+                                             lora_settings(options).scaling if lora else None)
     train_seconds = time.perf_counter() - started
     if context.rank != 0:
         return Outcome(model, {}, losses)
@@ -188,26 +202,29 @@ def _train_and_score(options, task_data, seed, context, model, averaged_keys, pa
     scores = score(task_data, task_data.test, encoded["test"], predict(model, test, hyper, pad_id))
     record = {"seed": seed, "lr": hyper.lr, "train_seconds": round(train_seconds, 3), "steps": len(losses),
               "best_dev": stopper.best_score, "best_epoch_or_round": stopper.best_index + 1,
-              "train_examples": len(train), "test_examples": len(task_data.test),
+              "train_examples": len(train), "test_examples": len(task_data.test), "dev_history": dev_history,
               "trained_parameters": sum(param.numel() for param in model.parameters() if param.requires_grad),
-              **scores}
+              **communication, **scores}
     return Outcome(model, record, losses)
 
 
 def _train_federated(options, task_data, model, train, hyper, seed, pad_id, context, on_round_end,
-                     averaged_keys):
+                     averaged_keys, aggregation):
     keys = silo_keys(task_data, train)
     parts = split_silos(keys, options.n_clients, options.split, seed, options.dirichlet_alpha)
     silos = [[train[index] for index in part] for part in parts]
     logger.info("%d silos (%s split): examples per silo %s", len(silos), options.split, [len(s) for s in silos])
     topology = build_topology(options.n_clients, options.participation_ratio, seed, context.world_size)
     return train_federated(model, silos, hyper, options.rounds, options.local_epochs, seed, pad_id, topology,
-                           context, on_round_end, averaged_keys, FederatedOptimisation.from_options(options))
+                           context, on_round_end, averaged_keys, FederatedOptimisation.from_options(options),
+                           aggregation)
 
 
-def default_lr(model, probe: bool = False) -> float:
+def default_lr(model, probe: bool = False, algorithm: str = "fedavg") -> float:
     """5e-5 for small models, 2e-5 for base-sized and larger (hidden >= 768), as in the papers;
-    PROBE_LR for a probe."""
+    PROBE_LR for a probe; LORA_DEFAULT_LR for LoRA adapters."""
     if probe:
         return PROBE_LR
+    if algorithm == "fedlora":
+        return LORA_DEFAULT_LR
     return 2e-5 if model.config.hidden_size >= 768 else 5e-5

@@ -19,6 +19,7 @@ from fedbiobert.checkpoint import (config_record, data_fingerprints, export_roun
                                    save_resume_state)
 from fedbiobert.validation import ValidationSet
 from fedbiobert.metrics import Progress, RunReporter, mean
+from fedbiobert.lora import merged_state
 from fedbiobert.model import build_joined_model, decoder_is_tied, load_joined_state
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class RoundWriter:
     def write(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
         trained_until, handoff = training_end(pieces, time.time())
         state = self._resume_state(round_idx, pieces)
-        model = self._joined_model(self._export_client_state(state), state["server_states"].get(0, {}))
+        model = self._joined_model(self._merged(self._export_client_state(state)),
+                                   self._merged(state["server_states"].get(0, {})))
         validation = self.validation.evaluate(model, self.config.precision)
         summary = self._round_event(round_idx, pieces, validation, trained_until)
         summary["handoff_seconds"] = round(handoff, 4)
@@ -130,6 +132,11 @@ class RoundWriter:
             self.joined = model.to(self.session.device)
             return self.joined
         return load_joined_state(self.joined, client_state, server_state)
+
+    def _merged(self, state: dict) -> dict:
+        """A part's state under stock HF names: LoRA adapters folded into their base weights (lora.py)."""
+        lora = self.config.lora
+        return merged_state(state, lora.scaling) if lora is not None else state
 
     def _resume_state(self, round_idx: int, pieces: list[RoundPiece]) -> dict:
         client_state = next(piece.client_state for piece in pieces if piece.client_state is not None)
@@ -210,6 +217,7 @@ class RoundWriter:
             "wan": self.config.wan, "comm_dtype": self.config.comm_dtype,
             "exchange_dtype": self.config.exchange_dtype, "exchange_error_feedback": self.config.exchange_error_feedback,
             "decoders_tied": self.joined is not None and decoder_is_tied(self.joined),
+            "lora": self.config.lora.record() if self.config.lora is not None else None,
             "time_breakdown": _sum_breakdowns(rounds),
             "memory": _max_by_role(entry.get("memory") or {} for entry in rounds),
             "pipeline_efficiency": _pipeline_efficiency(rounds),

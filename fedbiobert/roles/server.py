@@ -23,6 +23,7 @@ import logging
 import time
 
 from fedbiobert.aggregate import WeightedSum
+from fedbiobert.lora import trainable_keys
 from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
 from fedbiobert.roles.base import RoleProcess
@@ -119,7 +120,9 @@ class ServerProcess(RoleProcess):
         if not self.config.fedavg_server_model:
             return
         weight = float(samples) if self.config.aggregate_weighting == "samples" else float(samples > 0)
-        weighted_sum = WeightedSum(self.model.state_dict())
+        # With LoRA only what trains: averaging the frozen base would only add rounding to it
+        keys = trainable_keys(self.model) if self.config.lora is not None else None
+        weighted_sum = WeightedSum(self.model.state_dict(), keys)
         weighted_sum.add(self.model.state_dict(), weight)
         averaged = weighted_sum.reduce(self.session.collectives.sum_servers)
         if averaged is not None and round_start is not None:

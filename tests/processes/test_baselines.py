@@ -99,3 +99,25 @@ def test_fedavg_of_identical_clients_equals_centralized(tmp_path):
     assert len(reference) == 6
     assert losses(tmp_path / "fedavg", 0) == reference
     assert losses(tmp_path / "fedavg", 1) == reference
+
+
+def test_fedbiobert_lora_client_trains_adapters_from_the_auxiliary_loss_alone(tmp_path, small_corpus):
+    """--lora_rank: the client's gradient is still the auxiliary loss's alone, it reaches only the adapters and
+    the auxiliary head, and after the silo's steps the frozen base is bit-identical."""
+    options = {"algorithm": "fedbiobert", "num_client_encoder": 1, "num_server_encoder": 1, "max_inflight": 1,
+               "lora_rank": 4, "lora_dropout": 0.0}
+    run_processes(capture_split_gradients, 2, options, 1, small_corpus, tmp_path / "cache", tmp_path, timeout=120)
+    captured = torch.load(tmp_path / "grads.pt")
+    grads, aux_only = captured["grads"], captured["aux_only"]
+    assert set(grads) == set(aux_only) and grads
+    assert all(".lora_" in name or name.startswith("aux_head.") for name in grads)
+    assert any(".lora_B." in name for name in grads)
+    for name in aux_only:
+        torch.testing.assert_close(grads[name], aux_only[name], msg=name)
+    before, after = captured["client_before"], captured["client_after"]
+    frozen = [key for key in before if ".lora_" not in key and not key.startswith("aux_head.")
+              and not key.startswith("cls.")]
+    assert any("base_layer" in key for key in frozen) and any("embeddings" in key for key in frozen)
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), f"{key} moved"
+    assert any(not torch.equal(before[key], after[key]) for key in before if ".lora_B." in key)

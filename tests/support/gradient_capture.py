@@ -7,6 +7,7 @@ import torch
 from fedbiobert.algorithms.base import Stepper
 from fedbiobert.comm.groups import shutdown
 from fedbiobert.comm.messages import Control, Kind, Message
+from fedbiobert.lora import merged_state
 from fedbiobert.model import build_joined_model, full_mlm_loss, gather_masked, masked_positions, mlm_loss
 from tests.support.split_setup import build_split, two_process_channel
 
@@ -87,12 +88,15 @@ def capture_split_gradients(rank, world_size, options, capture_step, corpus_dir,
         trainer.finish()
         channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)
         channel.flush()
-        joined = build_joined_model(hf_config, initial["client"], initial["server"])
+        lora = algorithm.config.lora  # the joined model is a stock one: adapters merged (zero B: the base)
+        joined = build_joined_model(hf_config, *(merged_state(initial[part], lora.scaling) if lora else initial[part]
+                                                 for part in ("client", "server")))
         first = batches[0]
         full_mlm_loss(joined, first.input_ids, first.attention_mask, first.labels).backward()
         captured["full_backprop"] = gradients(joined)
         captured["bytes"] = channel.bytes.as_dict()
         captured["masked_rows"] = [len(masked_positions(batch.labels)) for batch in batches]
         captured["batch_shape"] = tuple(first.input_ids.shape)
+        captured["client_before"], captured["client_after"] = initial["client"], client.state_dict()
         torch.save(captured, out_dir / "grads.pt")
     shutdown()

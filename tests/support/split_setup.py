@@ -13,6 +13,7 @@ from fedbiobert.data import MaskingSpec, build_tokenizer, silo_batches, list_cor
 from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.model import ModelSpec, build_config, build_full_model
 from fedbiobert.optim import Schedule
+from fedbiobert.session import add_pretraining_adapters
 from tests.conftest import SCIVOCAB
 from tests.support.distributed import world_channel
 
@@ -31,7 +32,10 @@ def build_split(corpus_dir, cache_dir, steps: int, **options):
     hf_config = build_config(spec)
     session = types.SimpleNamespace(config=config, schedule=Schedule(steps, 0.0, 1e-3, 0.0))
     algorithm = REGISTRY[config.algorithm](session)
-    client, server = algorithm.split(build_full_model(hf_config, seed=0))
+    full_model = build_full_model(hf_config, seed=0)
+    if config.lora is not None:  # as a --lora_rank run builds it (the base here is random: the checks need none)
+        add_pretraining_adapters(full_model, config)
+    client, server = algorithm.split(full_model)
     batches = list(silo_batches(corpus, torch.arange(len(corpus)), config.batch_size, steps,
                                 MaskingSpec.from_tokenizer(tokenizer), seed=1))
     return algorithm, client, server, batches, hf_config

@@ -256,6 +256,9 @@ def _comparable(key: str, value: Any) -> Any:
             return value
     if key == "server_optimizer" and value is None:  # a checkpoint from before server optimisers: FedAvg
         return "fedavg"
+    if key.startswith("lora_") and value is None:  # a checkpoint from before LoRA: the defaults (rank 0: off)
+        from fedbiobert.config import Config
+        return Config.__dataclass_fields__[key].default
     if key == "data" and isinstance(value, str):
         return sorted({word for word in value.lower().split("-") if word})
     return value

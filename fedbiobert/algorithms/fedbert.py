@@ -56,7 +56,10 @@ class FedBERTClient(SplitClient):
         reply = self.channel.recv(self.server_rank)  # blocks: the GRAD at the cut
         expect(reply, Kind.GRAD, global_step, self.server_rank)
         self.open_exchange = None
-        self.stepper.backward(hidden, reply.tensors[0])  # cast to hidden's dtype (bf16 under autocast)
+        if hidden.requires_grad:  # cast to hidden's dtype (bf16 under autocast)
+            self.stepper.backward(hidden, reply.tensors[0])
+        # else: --lora_rank with nothing trainable below the cut (0 client layers, frozen embeddings): the
+        # GRAD has nowhere to go. It is still sent and taken, so the protocol and its bytes stay FedBERT's.
         self.stepper.step(global_step)
         return StepResult(global_loss=global_loss, tokens=int(batch.attention_mask.sum()), step=global_step,
                           silo_id=self.silo_id)

@@ -12,6 +12,8 @@ Modules, one concern each:
     memory   host memory per step (`python -m fedbiobert.bench.memory`)
     predict  transfer-bound speed-ups at a given size and network (`python -m fedbiobert.bench.predict`)
     exchange one silo's model-exchange bytes per encoding at a preset's size (`python -m fedbiobert.bench.exchange`)
+    init_model a random-init HF folder of a preset's shape, for --init_from runs such as LoRA's
+    lora_bytes federated fine-tuning's bytes per round, full-model FedAvg beside fedlora (`... bench.lora_bytes`)
     head     the MLM head's cost on masked positions only (`python -m fedbiobert.bench.head`)
     finetune fine-tuning throughput against a plain HF loop (`python -m fedbiobert.bench.finetune`)
 """

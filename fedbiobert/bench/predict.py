@@ -2,6 +2,8 @@
 
     python -m fedbiobert.bench.predict bench-quick/results.json          # check the model on measured runs
     python -m fedbiobert.bench.predict bench-base/results.json --paper   # and predict the paper's setting
+    python -m fedbiobert.bench.predict bench-base/results.json bench-base-lora/results.json --paper
+                                        # full weights and LoRA (--lora_rank), each against its own FedBERT
 
 The model (every input is a measured figure of results.json's `per_step`, except the setting's own
 numbers: link bandwidth and latency, steps, silos; --paper also shows the limit where compute takes no
@@ -22,6 +24,10 @@ time, which bounds what faster hardware, e.g. the paper's GPUs, can make of the 
         actually sent and received, encoded as its --exchange_dtype and --tie_decoders made them
         (docs/model-exchange.md), so FedBERT and FedBioBERT measured with the same options compare like
         for like
+
+Variants: runs trained with --lora_rank (the results row's `lora`) exchange only their adapters and heads
+at the round's end; their per-step split traffic is the full model's (the activations do not shrink).
+Each variant is compared like for like: FedBioBERT with LoRA against FedBERT with the same LoRA options.
 
 Every silo of a round trains on its own client process with a server process of its own in the
 paper's setting (1 server with 4 GPUs, 10 clients, participation 0.4: 4 silos, 4 server processes),
@@ -68,8 +74,7 @@ def step_seconds(row: dict, setting: Setting) -> tuple[float, float]:
 
 def round_seconds(row: dict, setting: Setting) -> float:
     step, fill = step_seconds(row, setting)
-    per_silo_exchange = (row["per_step"]["model_bytes_up_per_round"] + row["per_step"]["model_bytes_down_per_round"]) \
-        / max(1, row["n_clients"])
+    per_silo_exchange = _exchange_bytes(row)
     exchange = setting.transfer(per_silo_exchange) + 2 * setting.latency if per_silo_exchange else 0.0
     return setting.silos_per_process * (setting.steps * step + fill) + exchange
 
@@ -89,44 +94,70 @@ def check_rows(rows: list[dict]) -> list[dict]:
         if row.get("status") != "ok" or not row.get("per_step") or not row.get("seconds_per_round"):
             continue
         predicted = round_seconds(row, measured_setting(row))
-        checked.append({"name": row["name"], "measured": row["seconds_per_round"], "predicted": predicted,
-                        "ratio": predicted / row["seconds_per_round"]})
+        checked.append({"name": row["name"], "variant": variant(row), "measured": row["seconds_per_round"],
+                        "predicted": predicted, "ratio": predicted / row["seconds_per_round"]})
     return checked
 
 
+def variant(row: dict) -> str:
+    """What a run trained: every weight, or LoRA adapters (with its rank and targets)."""
+    lora = row.get("lora")
+    return f"LoRA r{lora['rank']} {','.join(lora['targets'])}" if lora else "full weights"
+
+
 def paper_prediction(rows: list[dict], links: list[tuple[float, float]], steps: int) -> list[dict]:
-    """fedbiobert (each cut measured) and FedBERT 0-L in the paper's setting, per link."""
-    measured = {row["name"]: row for row in rows if row.get("status") == "ok" and row.get("per_step")}
-    baseline = next((row for name, row in measured.items() if row.get("baseline")), None)
+    """fedbiobert (each cut measured) and FedBERT 0-L in the paper's setting, per link and per variant
+    (full weights, LoRA), each against the FedBERT 0-L of its own variant."""
+    measured = [row for row in rows if row.get("status") == "ok" and row.get("per_step")]
+    predictions = []
+    for name in dict.fromkeys(variant(row) for row in measured):
+        predictions += _variant_prediction([row for row in measured if variant(row) == name], links, steps, name)
+    return predictions
+
+
+def _variant_prediction(measured: list[dict], links, steps: int, variant_name: str) -> list[dict]:
+    baseline = next((row for row in measured if row.get("baseline")), None)
     if baseline is None:
         raise SystemExit("python -m fedbiobert.bench.predict: error: --paper needs a measured fedbert-0-L run "
-                         "in the results (e.g. --only 'fedbiobert-6-6,fedbert-0-12')")
+                         f"of every variant in the results ({variant_name} has none; e.g. --only "
+                         "'fedbiobert-6-6,fedbert-0-12')")
     predictions = []
     for bandwidth, latency in links:
         for compute_scale in (1.0, 0.0):  # this machine's stage times, and the limit of infinitely fast compute
             setting = Setting(bandwidth, latency, steps, silos_per_process=1, compute_scale=compute_scale)
             base_seconds = round_seconds(baseline, setting)
-            for name, row in measured.items():
+            for row in measured:
                 if row["algorithm"] not in ("fedbiobert", "fedbert"):
                     continue
                 seconds = round_seconds(row, setting)
-                predictions.append({"name": name, "bandwidth_mbps": bandwidth, "latency_ms": latency,
+                predictions.append({"name": row["name"], "variant": variant_name, "bandwidth_mbps": bandwidth,
+                                    "latency_ms": latency,
                                     "compute": "measured" if compute_scale else "-> 0 (transfer-bound limit)",
                                     "round_seconds": seconds,
+                                    "exchange_mb_per_silo": _exchange_bytes(row) / 1e6,
                                     "speedup_vs_fedbert": base_seconds / seconds if seconds else None})
     return predictions
+
+
+def _exchange_bytes(row: dict) -> float:
+    """A silo's model exchange in a round (upload and download), as measured."""
+    step = row["per_step"]
+    return (step["model_bytes_up_per_round"] + step["model_bytes_down_per_round"]) / max(1, row["n_clients"])
 
 
 def markdown(checked: list[dict], predictions: list[dict], steps: int) -> str:
     lines = ["Model check (measured runs): predicted / measured seconds per round", "",
              "| run | measured s/round | predicted | predicted / measured |", "|---|---|---|---|"]
-    lines += [f"| {c['name']} | {c['measured']:.2f} | {c['predicted']:.2f} | {c['ratio']:.2f} |" for c in checked]
+    lines += [f"| {c['name']} ({c['variant']}) | {c['measured']:.2f} | {c['predicted']:.2f} | {c['ratio']:.2f} |"
+              for c in checked]
     if predictions:
         lines += ["", f"Paper's setting (4 silos a round, each with its own client machine and server GPU process, "
                   f"{steps} steps per silo), with this machine's measured per-step stage times:", "",
-                  "| run | link | compute | predicted s/round | speed-up vs FedBERT 0-L |", "|---|---|---|---|---|"]
-        lines += [f"| {p['name']} | {p['bandwidth_mbps']:g} Mbit/s, {p['latency_ms']:g} ms | {p['compute']} | "
-                  f"{p['round_seconds']:.1f} | {_ratio(p['speedup_vs_fedbert'])} |" for p in predictions]
+                  "| run | trains | link | compute | exchange MB/silo | predicted s/round | "
+                  "speed-up vs FedBERT 0-L (same training) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['name']} | {p['variant']} | {p['bandwidth_mbps']:g} Mbit/s, {p['latency_ms']:g} ms | "
+                  f"{p['compute']} | {p['exchange_mb_per_silo']:.1f} | {p['round_seconds']:.1f} | "
+                  f"{_ratio(p['speedup_vs_fedbert'])} |" for p in predictions]
     return "\n".join(lines) + "\n"
 
 
@@ -134,18 +165,23 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SystemExit(f"python -m fedbiobert.bench.predict: error: '{path}' is not a file "
+                         "(accepted: the results.json a benchmark wrote)")
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    return rows["rows"] if isinstance(rows, dict) else rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedbiobert.bench.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a benchmark's results.json")
+    parser.add_argument("results", type=Path, nargs="+", help="one or more benchmarks' results.json (e.g. one "
+                        "with full weights and one with --run_flags '--init_from DIR --lora_rank 8')")
     parser.add_argument("--paper", action="store_true", help="predict the paper's setting too")
     parser.add_argument("--steps", type=int, default=100, help="--paper: batches per silo per round (default 100)")
     parser.add_argument("--latency_ms", type=float, default=5.0, help="--paper: one-way link latency (default 5)")
     args = parser.parse_args(argv)
-    if not args.results.is_file():
-        raise SystemExit(f"python -m fedbiobert.bench.predict: error: '{args.results}' is not a file "
-                         "(accepted: the results.json a benchmark wrote)")
-    rows = json.loads(args.results.read_text(encoding="utf-8"))
-    rows = rows["rows"] if isinstance(rows, dict) else rows
+    rows = [row for path in args.results for row in _read_rows(path)]
     links = [(100.0, args.latency_ms), (10_000.0, args.latency_ms)]
     predictions = paper_prediction(rows, links, args.steps) if args.paper else []
     print(markdown(check_rows(rows), predictions, args.steps), end="")

@@ -43,7 +43,7 @@ from fedbiobert.bench.matrix import Link, RunSpec, link_label
 from fedbiobert.bench.runner import REPO, RunOutcome
 from fedbiobert.validation import differs
 
-OPTIONAL_SUMMARY_KEYS = ("time_breakdown", "pipeline_efficiency")
+OPTIONAL_SUMMARY_KEYS = ("time_breakdown", "pipeline_efficiency", "lora", "exchange_dtype")
 
 
 def steady_rounds(rounds: list[dict]) -> list[dict]:

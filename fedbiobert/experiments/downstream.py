@@ -40,8 +40,16 @@ def run_job(job: DownstreamJob, preset: ParityPreset, data_root: Path, out_dir: 
     """(record, None, seconds) on success; (None, error line, seconds) on failure."""
     output = job.output(out_dir)
     log = out_dir / "logs" / "downstream" / f"{job.model_name}-{job.task.name}-{job.mode}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     command = finetune_command(job, preset, data_root, output, threads)
+    returncode, seconds = run_logged(command, log)
+    if returncode != 0 or not output.is_file():
+        return None, f"exit status {returncode}: {first_error_line(log)} (log: {log})", seconds
+    return json.loads(output.read_text(encoding="utf-8")), None, seconds
+
+
+def run_logged(command: list[str], log: Path) -> tuple[int, float]:
+    """(exit status, seconds) of `command` run from the repository with its output in `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with log.open("w", encoding="utf-8") as stream:
         stream.write("$ " + " ".join(command) + "\n")
@@ -50,13 +58,10 @@ def run_job(job: DownstreamJob, preset: ParityPreset, data_root: Path, out_dir: 
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             returncode = process.wait()
-        except BaseException:  # Ctrl-C or SIGTERM: never leave a fine-tune behind
+        except BaseException:  # Ctrl-C or SIGTERM: never leave a job behind
             stop(process)
             raise
-    seconds = time.time() - started
-    if returncode != 0 or not output.is_file():
-        return None, f"exit status {returncode}: {first_error_line(log)} (log: {log})", seconds
-    return json.loads(output.read_text(encoding="utf-8")), None, seconds
+    return returncode, time.time() - started
 
 
 def finished_record(job: DownstreamJob, out_dir: Path) -> dict | None:

@@ -22,6 +22,7 @@ from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.metrics import EventLog
 from fedbiobert.model import load_unique_state, unique_state
 from fedbiobert.roles.base import NonFiniteError, RoleProcess
+from fedbiobert.lora import trainable_keys
 from fedbiobert.roles.exchange import ModelExchange, ResidualFiles
 from fedbiobert.roles.round_end import RoundPiece, cpu_state
 from fedbiobert.seeding import derive_seed, seed_torch
@@ -280,6 +281,8 @@ class ClientProcess(RoleProcess):
     def _keep_private(self, silo_id: int, trained: dict) -> None:
         private_keys = set(trained) - set(self.federated_keys)
         private_keys = {key for key in private_keys if trained[key].is_floating_point()}
+        if self.config.lora is not None:  # a frozen tensor is the same in every silo: nothing private in it
+            private_keys &= set(trainable_keys(self.model))
         if not self.config.fedavg_embedding_head and private_keys:
             self.private_states[silo_id] = cpu_state({key: trained[key] for key in private_keys})
 

@@ -103,3 +103,11 @@ def test_fedlora_needs_a_pretrained_model(tmp_path, capsys):
     fails_with(capsys, tmp_path, ["--data", str(folder), "--model", "none", "--tokenizer", str(SCIVOCAB),
                                   "--mode", "federated", "--algorithm", "fedlora", "--n_clients", "1"],
                "--algorithm fedlora with --model none")
+
+
+def test_the_bytes_benchmark_uses_the_fine_tuners_accounting(model_dir):
+    from fedbiobert.bench.lora_bytes import rows
+    table = {(row["rule"], row["rank"]): row for row in rows(str(model_dir), [4], "query,value", silos=2)}
+    full, weighted = table[("full-model FedAvg", None)], table[("fedlora weighted/adaptive", 4)]
+    assert full["vs_full"] == 1.0 and 0 < weighted["vs_full"] < 0.5
+    assert table[("fedlora exact", 4)]["bytes_down_per_silo"] > weighted["bytes_down_per_silo"]

@@ -58,3 +58,19 @@ def test_the_transfer_bound_limit_keeps_only_the_link():
     fedbert = 10 * (0.1 + 0.1 + 4 * 0.01)
     fedbiobert = 10 * 0.1 + 0.01  # the slower direction of the link, and one latency of fill
     assert [p["round_seconds"] for p in limit] == [pytest.approx(fedbert), pytest.approx(fedbiobert)]
+
+
+def test_each_variant_is_compared_with_the_fedbert_of_the_same_training():
+    """Full weights and LoRA rows in one call: LoRA FedBioBERT against LoRA FedBERT, like for like."""
+    lora = {"rank": 8, "targets": ["query", "value"]}
+    rows = [_row("fedbert", 0, 0, up=100_000, down=100_000, model_bytes=8_000_000),
+            _row("fedbiobert", 0, 0, up=100_000, down=10_000, model_bytes=8_000_000),
+            _row("fedbert", 0, 0, up=100_000, down=100_000, model_bytes=200_000, lora=lora),
+            _row("fedbiobert", 0, 0, up=100_000, down=10_000, model_bytes=200_000, lora=lora)]
+    predictions = paper_prediction(rows, [(8.0, 0.0)], steps=10)
+    by_variant = {(p["variant"], p["name"]): p for p in predictions if p["compute"] == "measured"}
+    # full: fedbert 10 x 0.2 + 8 s of exchange (4 MB each way per silo at 1 MB/s) = 10 s; fedbiobert 1 + 8 = 9 s
+    assert by_variant[("full weights", "fedbiobert-client")]["speedup_vs_fedbert"] == pytest.approx(10 / 9)
+    # LoRA: fedbert 2 + 0.2 = 2.2 s; fedbiobert 1 + 0.2 = 1.2 s
+    assert by_variant[("LoRA r8 query,value", "fedbiobert-client")]["speedup_vs_fedbert"] == pytest.approx(2.2 / 1.2)
+    assert by_variant[("LoRA r8 query,value", "fedbiobert-client")]["exchange_mb_per_silo"] == pytest.approx(0.2)

@@ -160,14 +160,15 @@ def _pretrain(preset: LoraPreset, args) -> list[dict]:
                               parity.run_timeout)
     rows = []
     for spec in (full, lora):
-        summary_path = settings.out_dir / spec.name / "summary.json"
-        if not (args.resume and summary_path.is_file()):
+        run_dir = settings.out_dir / "runs" / spec.name  # where the bench's runner puts it
+        if not (args.resume and (run_dir / "summary.json").is_file()):
             say(f"pre-train: {spec.name} ...")
             outcome = run_spec(spec, settings)
             if outcome.status != "ok":
                 rows.append({"name": spec.name, "status": "failed", "error": outcome.error})
                 continue
-        rows.append(_pretrain_row(spec.name, settings.out_dir / spec.name))
+            run_dir = outcome.run_dir
+        rows.append(_pretrain_row(spec.name, run_dir))
     return rows
 
 

@@ -40,7 +40,8 @@ def run_args(base_model: Path, corpus: Path, run: str) -> list[str]:
 
 
 # fedbert-0-2: nothing trainable below the cut (frozen embeddings): the client trains its head alone
-@pytest.mark.parametrize("run", ["fedbiobert-1-1", "fedbert-1-1", "fedbert-0-2", "fedavg-2-0"])
+@pytest.mark.parametrize("run", ["fedbiobert-1-1", "fedbert-0-2", pytest.param("fedbert-1-1", marks=pytest.mark.slow),
+                                 pytest.param("fedavg-2-0", marks=pytest.mark.slow)])
 def test_a_lora_run_trains_adapters_on_a_frozen_base(base_model, small_corpus, tmp_path, run):
     output = tmp_path / "out"
     result = torchrun(2, [*run_args(base_model, small_corpus, run), "--output_dir", str(output)],

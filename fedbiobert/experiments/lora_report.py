@@ -70,7 +70,10 @@ def plot(results: dict, path: Path) -> None:
     runs = [row for row in results.get("pretrain", []) if row["status"] == "ok"]
     axes[1].bar([row["name"] for row in runs], [row["val_loss"] for row in runs],
                 yerr=[row["val_loss_se"] for row in runs], color=["tab:blue", "tab:orange"][:len(runs)])
-    axes[1].set(ylabel="validation MLM loss", title="pre-training at equal tokens")
+    if runs:  # the difference, not the distance from zero
+        losses = [row["val_loss"] for row in runs]
+        axes[1].set_ylim(min(losses) - 0.3, max(losses) + 0.3)
+    axes[1].set(ylabel="validation MLM loss (± SE)", title="pre-training at equal tokens")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

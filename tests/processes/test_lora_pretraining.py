@@ -84,3 +84,21 @@ def test_bad_lora_values_are_one_line(base_model, small_corpus):
         validate_paths(parse_config([*with_model, "--lora_rank", "64"]))
     with pytest.raises(ConfigError, match="no linear module 'qkv'"):
         validate_paths(parse_config([*with_model, "--lora_rank", "4", "--lora_targets", "qkv"]))
+
+
+@pytest.mark.slow
+def test_a_lora_run_resumes_bit_for_bit(base_model, small_corpus, tmp_path):
+    """Two rounds straight, and one round, a stop, then --from_checkpoint: the same export."""
+    args = run_args(base_model, small_corpus, "fedbiobert-1-1")
+    straight = torchrun(2, [*args, "--output_dir", str(tmp_path / "straight")], tmp_path / "cache", timeout=240)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = [*args, "--output_dir", str(tmp_path / "resumed"), "--stop_after_round", "1"]
+    assert torchrun(2, first, tmp_path / "cache", timeout=240).returncode == 0
+    resumed = torchrun(2, [*args, "--output_dir", str(tmp_path / "resumed"), "--from_checkpoint", "True"],
+                       tmp_path / "cache", timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = load_file(str(tmp_path / "straight" / "round2" / "model.safetensors"))
+    got = load_file(str(tmp_path / "resumed" / "round2" / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key

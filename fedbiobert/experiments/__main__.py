@@ -1,4 +1,4 @@
-"""`python -m fedbiobert.experiments NAME ...`: NAME is an experiment (parity)."""
+"""`python -m fedbiobert.experiments NAME ...`: NAME is an experiment (parity, liu_miller, hilmkil, attention, lora)."""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +6,10 @@ import sys
 
 from fedbiobert.bench.matrix import BenchError
 from fedbiobert.bench.runner import interrupt_on_sigterm
-from fedbiobert.experiments import parity
+from fedbiobert.experiments import attention, hilmkil, liu_miller, lora, parity
 
-EXPERIMENTS = {"parity": parity}
+EXPERIMENTS = {"parity": parity, "liu_miller": liu_miller, "hilmkil": hilmkil, "attention": attention,
+               "lora": lora}
 PROG = "python -m fedbiobert.experiments"
 
 

@@ -93,10 +93,12 @@ def test_classification_probe_trains_classifier_and_pooler_with_a_frozen_encoder
 
 
 def flat(record: dict, prefix: str = "") -> dict:
-    """A record's leaves under dotted names (pytest.approx compares flat dicts only)."""
+    """A record's leaves (in dicts and lists) under dotted names (pytest.approx compares flat dicts only)."""
     leaves = {}
     for key, value in record.items():
-        leaves.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        if isinstance(value, list):  # per-round logs such as dev_history: one dotted name per entry
+            value = dict(enumerate(value))
+        leaves.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
     return leaves
 
 

@@ -12,6 +12,7 @@ from fedbiobert.algorithms.base import ClientTrainer, ServerTrainer, Stepper, St
 from fedbiobert.comm.messages import Control, Kind, Message
 from fedbiobert.model.mlm import gather_masked, masked_positions, mlm_loss
 from fedbiobert.precision import autocast
+from fedbiobert.privacy.defence import Defence, defend
 
 NO_SCALARS = (math.nan, math.nan)
 
@@ -26,6 +27,7 @@ class SplitEnd:
         self.full_output = config.server_sends_full_output
         self.wire_dtype = config.wire_dtype
         self.precision = config.precision
+        self.defence = Defence.from_config(config)  # --activation_clip/--activation_noise on what a client sends
 
 
 class SplitClient(SplitEnd, ClientTrainer):
@@ -50,7 +52,8 @@ class SplitClient(SplitEnd, ClientTrainer):
         targets = batch.labels.reshape(-1)[positions]
         with autocast(self.precision, self.model):
             hidden = self.model(batch.input_ids, batch.attention_mask)
-        tensors = [hidden.detach().to(self.wire_dtype), batch.attention_mask.to(torch.uint8), positions]
+        sent = defend(hidden.detach(), self.defence)  # what leaves the silo; the local loss reads `hidden`
+        tensors = [sent.to(self.wire_dtype), batch.attention_mask.to(torch.uint8), positions]
         if not self.head_on_client:
             tensors.append(targets)
         self.send(Kind.ACTIVATION, step, tensors)  # paired with SplitServerTrainer.handle (ACTIVATION)

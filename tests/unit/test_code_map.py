@@ -1,5 +1,5 @@
 """The code maps match the tree: every module of the package is named, with what it owns, in the
-README's code map or, for bench/, finetune/ and experiments/, in its package docstring (the README
+README's code map or, for bench/, finetune/, experiments/ and privacy/, in its package docstring (the README
 names those packages once)."""
 import ast
 import re
@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fedbiobert"
 README = PACKAGE.parent / "README.md"
-MAPPED_BY_PACKAGE = ("bench", "finetune", "experiments")  # a package whose docstring maps its modules
+MAPPED_BY_PACKAGE = ("bench", "finetune", "experiments", "privacy")  # a package whose docstring maps its modules
 
 
 def _modules() -> list[Path]:

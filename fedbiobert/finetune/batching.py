@@ -1,7 +1,9 @@
 """Examples (anything with `input_ids` and `labels`) into padded tensor batches.
 
 Training order is a seeded permutation per epoch (`epoch_order`), so a silo trained in a federated
-round and the same data trained centrally see the same batches when their seeds agree.
+round and the same data trained centrally see the same batches when their seeds agree. With
+`group_by_length` K > 1 the permutation is cut into windows of K batches, each sorted by length, so a
+batch holds examples of similar length and pads less (`length_grouped`).
 """
 from __future__ import annotations
 
@@ -46,8 +48,33 @@ def epoch_order(num_examples: int, seed: int) -> list[int]:
     return torch.randperm(num_examples, generator=generator).tolist()
 
 
-def training_batches(examples: list, batch_size: int, seed: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+def length_grouped(order: list[int], lengths: list[int], batch_size: int, group: int, seed: int) -> list[int]:
+    """`order` cut into windows of `group` x `batch_size` examples, each window sorted by length (longest
+    first; ties keep `order`), then its batches put in a seeded random order.
+
+    Why: a batch is padded to its longest example, and sentence lengths spread widely (NCBI-disease at
+    64 sub-tokens: a random batch of 16 is 1.8x its real tokens, windows of 4 batches 1.2x, measured on
+    300 training sentences), and a fine-tuning step's cost is proportional to the padded tokens. A window
+    of a few batches keeps most of the shuffle's randomness: which examples share a batch still changes
+    every epoch (HF Trainer's group_by_length sorts windows of 50 batches)."""
+    window = group * batch_size
+    grouped = [sorted(order[start:start + window], key=lambda index: -lengths[index])
+               for start in range(0, len(order), window)]
+    batches = [chunk[start:start + batch_size] for chunk in grouped for start in range(0, len(chunk), batch_size)]
+    # a last, short batch stays last (as without grouping) so every other batch is full
+    full, short = (batches[:-1], batches[-1:]) if len(batches[-1]) < batch_size else (batches, [])
+    shuffled = [full[index] for index in epoch_order(len(full), seed + 1)] + short
+    return [index for batch in shuffled for index in batch]
+
+
+def training_batches(examples: list, batch_size: int, seed: int, pad_id: int,
+                     group_by_length: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The epoch's batches in the order of seed; group_by_length K > 1: windows of K batches sorted by length
+    (length_grouped), 0 or 1: none."""
     order = epoch_order(len(examples), seed)
+    if group_by_length > 1:
+        order = length_grouped(order, [len(example.input_ids) for example in examples], batch_size,
+                               group_by_length, seed)
     return [collate([examples[index] for index in order[start:start + batch_size]], pad_id)
             for start in range(0, len(order), batch_size)]
 

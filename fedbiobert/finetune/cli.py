@@ -70,6 +70,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     _add_lora(parser.add_argument_group("federated LoRA (--algorithm fedlora; fedlora.py, aggregation.py)"))
     train.add_argument("--batch_size", type=int, default=32)
     train.add_argument("--max_len", type=int, default=128, help="sub-tokens per example, specials included")
+    train.add_argument("--group_by_length", type=int, default=0, metavar="K",
+                       help="batch examples of similar length: windows of K batches of the shuffled training set, "
+                       "each sorted by length (less padding, faster steps; 0: off, plain shuffle)")
     train.add_argument("--warmup_ratio", type=float, default=0.1)
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--patience", type=int, default=2, help="stop after N dev evaluations without gain (0: never)")
@@ -147,6 +150,8 @@ def check_options(options) -> list[int]:
     _require(0 <= options.warmup_ratio < 1, f"--warmup_ratio {options.warmup_ratio} (accepted: 0 <= ratio < 1)")
     _require(options.lr is None or options.lr > 0, f"--lr {options.lr} (accepted: > 0)")
     _require(options.patience >= 0, f"--patience {options.patience} (accepted: >= 0)")
+    _require(options.group_by_length >= 0, f"--group_by_length {options.group_by_length} (accepted: 0 (off) or a "
+             "number of batches >= 1)")
     _check_federated_optimisation(options)
     check_algorithm_options(options)
     if options.seeds is None:

@@ -27,7 +27,8 @@ from fedbiobert.server_optimizer import ServerOptimizer
 logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("fedavg", "fedlora")
-LORA_DEFAULT_LR = 2e-3  # adapters start at zero and are few: measured on NCBI-disease (docs/lora.md), 5e-4 learnt nothing in 3 rounds
+# adapters start at zero and are few: measured on NCBI-disease (docs/lora.md), 5e-4 learnt nothing in 3 rounds
+LORA_DEFAULT_LR = 2e-3
 
 
 def lora_settings(options) -> LoraSettings:

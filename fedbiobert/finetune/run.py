@@ -153,7 +153,8 @@ def fine_tune(options, task_data: TaskData, seed: int, context: ProcessContext =
                for name, items in (("train", task_data.train), ("dev", task_data.dev), ("test", task_data.test))}
     hyper = Hyper(lr=options.lr or default_lr(model, options.probe, options.algorithm),
                   batch_size=options.batch_size,
-                  warmup_ratio=options.warmup_ratio, weight_decay=options.weight_decay)
+                  warmup_ratio=options.warmup_ratio, weight_decay=options.weight_decay,
+                  group_by_length=options.group_by_length)
     cached = bool(options.probe) and _CACHE_PROBE_FEATURES and supports_cached_head(model)
     if options.probe and not cached:
         logger.info("probe: the encoder of %s runs on every batch (uncached)", type(model).__name__)

@@ -30,6 +30,7 @@ class Hyper:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     eval_batch_size: int = 64
+    group_by_length: int = 0  # batching.length_grouped: windows of this many batches sorted by length (0: off)
 
 
 def show_progress() -> bool:
@@ -87,7 +88,8 @@ def train_epochs(model, examples: list, hyper: Hyper, optimizer, schedule, epoch
     losses = []
     for epoch in epochs:
         seed_torch(seed, "dropout", silo_id, epoch)
-        batches = training_batches(examples, hyper.batch_size, derive_seed(seed, "order", silo_id, epoch), pad_id)
+        batches = training_batches(examples, hyper.batch_size, derive_seed(seed, "order", silo_id, epoch), pad_id,
+                                   hyper.group_by_length)
         losses += train_epoch(model, batches, optimizer, schedule, epoch * steps_per_epoch, hyper.max_grad_norm,
                               desc=f"silo {silo_id} epoch {epoch + 1}")
     return losses

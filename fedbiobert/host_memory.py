@@ -15,11 +15,11 @@ one period fragmented, however long the run; the heaps still hand out reused mem
 Measured (docs/at-scale.md): trimming every 5 s cost 1.4-2% at hidden 128 and 4.4% in a 2-process
 fedbiobert run at hidden 512 (the trimmed pages are faulted back in, and the kernel zeroes them), so
 the default trims every 30 s: within noise of glibc alone there, and it kept a 12-round run's peak at
-1.3 GB where glibc alone rose to 1.9 GB and was still rising. The older fix, a fixed threshold (`--mmap_threshold_mb 1`: glibc then
-stops adjusting it), gives every large tensor its own mapping: the least memory, but a page fault per
-new page of every large tensor, 1.27x slower at hidden 512 and 1.7x at hidden 128 on CPU. GPU
-activations live in the CUDA caching allocator and do not care. Non-glibc systems (macOS, musl) are
-left as they are.
+1.3 GB where glibc alone rose to 1.9 GB and was still rising. The older fix, a fixed threshold
+(`--mmap_threshold_mb 1`: glibc then stops adjusting it), gives every large tensor its own mapping: the
+least memory, but a page fault per new page of every large tensor, 1.27x slower at hidden 512 and 1.7x
+at hidden 128 on CPU. GPU activations live in the CUDA caching allocator and do not care. Non-glibc
+systems (macOS, musl) are left as they are.
 """
 from __future__ import annotations
 

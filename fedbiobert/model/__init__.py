@@ -10,7 +10,8 @@ import importlib
 _MODULE_OF = {  # public name -> the module that defines it
     **dict.fromkeys(("ARCHS", "ModelSpec", "arch_of", "build_config", "build_full_model", "load_full_model",
                      "num_layers_of", "untie_output_embeddings", "untied_config", "tie_decoder",
-                     "decoder_is_embeddings_copy", "decoder_is_tied", "output_embedding_key"), "fedbiobert.model.build"),
+                     "decoder_is_embeddings_copy", "decoder_is_tied", "output_embedding_key"),
+                    "fedbiobert.model.build"),
     **dict.fromkeys(("IGNORE_INDEX", "full_mlm_loss", "gather_masked", "masked_positions", "masked_targets",
                      "mlm_loss"), "fedbiobert.model.mlm"),
     **dict.fromkeys(("AuxMLMHead", "ClientModel", "HEAD_PLACEMENTS", "ServerModel", "aliased_keys",

@@ -67,7 +67,8 @@ def test_error_feedback_bounds_the_drift_over_many_rounds():
     sums = {}
     for feedback in (True, False):
         sender = ErrorFeedbackSender("int8", error_feedback=feedback)
-        sums[feedback] = sum(sender.send({"w": delta["w"].clone()}).delta["w"] for delta in deltas)  # send consumes its input
+        # send consumes its input
+        sums[feedback] = sum(sender.send({"w": delta["w"].clone()}).delta["w"] for delta in deltas)
     with_feedback = float((sums[True] - true_sum).abs().max())
     without = float((sums[False] - true_sum).abs().max())
     # with feedback the sum is off by about one residual (half an int8 step of one round; the bf16
@@ -96,7 +97,8 @@ def test_model_exchange_upload_is_round_start_plus_what_survived():
     torch.testing.assert_close(upload.state["w"], torch.tensor([[0.127, 0.0, 0.0], [0.0, 0.0, 0.0]]))
     assert upload.nbytes == 6 + 2 * 4 and exchange.fp32_bytes == 24
     assert set(exchange.uplinks) == {3}  # a residual per silo
-    torch.testing.assert_close(exchange.uplinks[3].residual["w"].float(), torch.tensor([[0.0, 0.0, -0.0004], [0.0] * 3]),
+    torch.testing.assert_close(exchange.uplinks[3].residual["w"].float(),
+                               torch.tensor([[0.0, 0.0, -0.0004], [0.0] * 3]),
                                rtol=4e-3, atol=0)
 
 

@@ -45,7 +45,7 @@ PRESETS = {
         (Task("ncbi_disease", _NCBI, "conlleval_f1", **_TINY), Task("bc5cdr", _BC5CDR, "conlleval_f1", **_TINY)),
         federated_silos=2, federated_rounds=1, finetune_lr=1e-3, seeds="1"),
     "small": LiuMillerPreset(
-        "small", "2-core CPU, about 25 minutes: 4 continual pre-trainings of 81,920 tokens; NCBI-disease and "
+        "small", "2-core CPU, about 26 minutes: 4 continual pre-trainings of 81,920 tokens; NCBI-disease and "
         "BC5CDR with their first 300 training and 150 dev and test sentences, 64 sub-tokens (batches grouped by "
         "length), lr 3e-4, 3 epochs "
         "centralized or 3 FedAvg rounds of one local epoch over 5 silos (the same passes over the data), seeds 1, "

@@ -7,7 +7,7 @@ import torch
 from fedbiobert.comm.groups import shutdown
 from fedbiobert.comm.messages import Kind
 from tests.support.distributed import run_processes
-from tests.support.split_setup import build_split, end_round, train_silo, two_process_channel
+from tests.support.split_setup import build_split, end_round, serve_and_record, train_silo, two_process_channel
 
 STEPS = 3
 CLIP, SIGMA = 1e-3, 0.5  # a clip this small leaves the noise alone on the wire: its scale is then measurable
@@ -18,17 +18,8 @@ def _worker(rank, world_size, algorithm_name, corpus_dir, cache_dir, out_dir):
                                                         activation_clip=CLIP, activation_noise=SIGMA)
     channel = two_process_channel()
     if rank == 0:
-        trainer = algorithm.server_trainer(server, channel, 0)
-        hidden = []
-        while True:
-            message = channel.recv(None)
-            if message.kind is Kind.CONTROL:
-                break
-            if message.kind is Kind.ACTIVATION:
-                hidden.append(message.tensors[0])
-            trainer.handle(message)
-        trainer.finish()
-        channel.flush()
+        received = serve_and_record(algorithm, server, channel)
+        hidden = [message.tensors[0] for message in received if message.kind is Kind.ACTIVATION]
         torch.save(hidden, out_dir / "hidden.pt")
     else:
         train_silo(algorithm, client, channel, batches)

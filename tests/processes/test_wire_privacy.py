@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from fedbiobert.comm.groups import shutdown
-from fedbiobert.comm.messages import Kind
 from fedbiobert.model import masked_positions
 from tests.support.distributed import run_processes
-from tests.support.split_setup import build_split, end_round, train_silo, two_process_channel
+from tests.support.split_setup import build_split, end_round, serve_and_record, train_silo, two_process_channel
 
 STEPS = 4
 
@@ -27,16 +26,7 @@ def _worker(rank, world_size, head_placement, corpus_dir, cache_dir, out_dir):
     algorithm, client, server, batches = _setup(head_placement, corpus_dir, cache_dir)
     channel = two_process_channel()
     if rank == 0:
-        trainer = algorithm.server_trainer(server, channel, 0)
-        received = []
-        while True:
-            message = channel.recv(None)
-            if message.kind is Kind.CONTROL:
-                break
-            received.append(message)
-            trainer.handle(message)
-        trainer.finish()
-        channel.flush()
+        received = serve_and_record(algorithm, server, channel)
         torch.save([(m.kind.name, m.step, m.tensors) for m in received], out_dir / "wire.pt")
     else:
         train_silo(algorithm, client, channel, batches)

@@ -56,6 +56,22 @@ def train_silo(algorithm, client, channel, batches, silo_id: int = 0):
     return trainer
 
 
+def serve_and_record(algorithm, server, channel) -> list[Message]:
+    """Rank 0: serve client rank 1 until its ROUND_DONE (end_round), returning every other message it
+    received, in order: what went over the wire."""
+    trainer = algorithm.server_trainer(server, channel, 0)
+    received = []
+    while True:
+        message = channel.recv(None)
+        if message.kind is Kind.CONTROL:
+            break
+        received.append(message)
+        trainer.handle(message)
+    trainer.finish()
+    channel.flush()
+    return received
+
+
 def end_round(channel) -> None:
     """Paired with the test server's loop: nothing more from this client process this round."""
     channel.send(Message(Kind.CONTROL, control=Control.ROUND_DONE), 0)

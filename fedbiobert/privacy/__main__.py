@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{PROG}: error: {error}\n")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load would clutter the progress lines
     from fedbiobert.bench.results import machine_info
     from fedbiobert.experiments.progress import say
     from fedbiobert.privacy.audit import run_audit

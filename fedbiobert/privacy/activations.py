@@ -67,10 +67,8 @@ def word_embeddings(model) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hidden_at_cuts(model, sequences: Sequences, cuts: list[int], batch_size: int = 64,
-                   progress=None) -> dict[int, torch.Tensor]:
-    """cut -> (N, T, H) float32 hidden states (on the CPU) of every sequence after `cut` layers (0: embeddings).
-    `progress(done, total)` is called after each batch."""
+def hidden_at_cuts(model, sequences: Sequences, cuts: list[int], batch_size: int = 64) -> dict[int, torch.Tensor]:
+    """cut -> (N, T, H) float32 hidden states (on the CPU) of every sequence after `cut` layers (0: embeddings)."""
     out = {cut: [] for cut in cuts}
     total, device = len(sequences), next(model.parameters()).device
     for start in range(0, total, batch_size):
@@ -79,6 +77,4 @@ def hidden_at_cuts(model, sequences: Sequences, cuts: list[int], batch_size: int
         hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         for cut in cuts:
             out[cut].append(hidden[cut].float().cpu())
-        if progress:
-            progress(min(start + batch_size, total), total)
     return {cut: torch.cat(parts) for cut, parts in out.items()}

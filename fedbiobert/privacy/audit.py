@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fedbiobert.atomic import write_json_atomically
+from fedbiobert.config import Config
 from fedbiobert.experiments.progress import say
 from fedbiobert.privacy import activations as acts
 from fedbiobert.privacy.defence import Defence, defend
@@ -25,7 +26,8 @@ from fedbiobert.privacy.texts import Sequences, silo_text, text_windows
 
 METRICS = ("top1", "top5", "entity_top1", "entity_top5", "exact_sequences")
 CUTS_PER_FORWARD = 4  # activations of this many cuts are held at once (memory), the forward is redone per group
-MLM_PROBABILITY = 0.15  # the engine's default --mlm_probability: the share of tokens whose labels a server head gets
+# the engine's default --mlm_probability: the share of tokens whose labels a server head gets
+MLM_PROBABILITY = Config().mlm_probability
 
 
 class Parts:

@@ -54,9 +54,6 @@ class Defence:
         parts = ([f"clip {self.clip:g}"] if self.clip > 0 else []) + ([f"sigma {self.sigma:g}"] if self.sigma else [])
         return ", ".join(parts)
 
-    def __call__(self, hidden: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return defend(hidden, self, generator)
-
 
 def clip_per_token(hidden: torch.Tensor, clip: float) -> torch.Tensor:
     """Scale each vector along the last dimension to L2 norm at most `clip` (differentiable)."""

@@ -51,11 +51,6 @@ class Decoder(nn.Module):
         return self.body(hidden) @ rows.T
 
 
-def flat_tokens(hidden: torch.Tensor, input_ids: torch.Tensor, keep: torch.Tensor):
-    """(M, H) activations and (M,) token ids at the positions where `keep` is True."""
-    return hidden[keep], input_ids[keep]
-
-
 def _candidates(targets: torch.Tensor, vocab_size: int, negatives: int, generator: torch.Generator):
     """(the batch's distinct tokens plus uniform negatives, each target's index among them)."""
     drawn = torch.randint(vocab_size, (negatives,), generator=generator).to(targets.device)
@@ -64,10 +59,9 @@ def _candidates(targets: torch.Tensor, vocab_size: int, negatives: int, generato
 
 
 def train_decoder(kind: str, hidden: torch.Tensor, targets: torch.Tensor, vocab: torch.Tensor,
-                  defence: Defence = Defence(), settings: DecoderSettings = DecoderSettings(), seed: int = 0,
-                  progress=None) -> Decoder:
-    """A decoder of `kind` trained on (M, H) public activations (defended as sent) to their (M,) tokens.
-    `progress(epoch, loss)` after each epoch."""
+                  defence: Defence = Defence(), settings: DecoderSettings = DecoderSettings(),
+                  seed: int = 0) -> Decoder:
+    """A decoder of `kind` trained on (M, H) public activations (defended as sent) to their (M,) tokens."""
     device = hidden.device
     generator = torch.Generator().manual_seed(seed)  # order and negatives
     noise = torch.Generator(device=device).manual_seed(seed)
@@ -79,10 +73,9 @@ def train_decoder(kind: str, hidden: torch.Tensor, targets: torch.Tensor, vocab:
     schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, total_steps=total_steps, pct_start=0.1)
                 if total_steps >= 20 else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     decoder.train()
-    for epoch in range(settings.epochs):
+    for _ in range(settings.epochs):
         inputs = defend(hidden, defence, noise)  # fresh noise each epoch
         order = torch.randperm(hidden.shape[0], generator=generator).to(device)
-        total = torch.zeros((), device=device)
         for start in range(0, hidden.shape[0], settings.batch_tokens):
             index = order[start:start + settings.batch_tokens]
             candidates, labels = _candidates(targets[index], vocab.shape[0], settings.negatives, generator)
@@ -91,9 +84,6 @@ def train_decoder(kind: str, hidden: torch.Tensor, targets: torch.Tensor, vocab:
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += loss.detach() * index.shape[0]
-        if progress:
-            progress(epoch + 1, float(total) / hidden.shape[0])
     return decoder.eval()
 
 
